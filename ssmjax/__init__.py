@@ -1,0 +1,22 @@
+"""ssmjax: Mamba, Mamba-2, Transformer and Mamba-2-Hybrid language models in JAX/Flax."""
+
+from ssmjax import presets
+from ssmjax.config import (AttentionConfig, Mamba1Config, Mamba2Config, MLPConfig, ModelConfig, hybrid_pattern,
+                           state_spaces_pattern)
+from ssmjax.convert import load_pretrained
+from ssmjax.models import LanguageModel, count_params, param_breakdown
+
+__all__ = [
+    "AttentionConfig",
+    "LanguageModel",
+    "MLPConfig",
+    "Mamba1Config",
+    "Mamba2Config",
+    "ModelConfig",
+    "count_params",
+    "hybrid_pattern",
+    "load_pretrained",
+    "param_breakdown",
+    "presets",
+    "state_spaces_pattern",
+]

@@ -1,0 +1,1 @@
+"""Sequence mixers: Mamba-1, Mamba-2 and causal self-attention."""
