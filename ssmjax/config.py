@@ -18,6 +18,7 @@ from typing import Literal
 
 MAMBA, ATTENTION, MLP = "M", "*", "-"
 LAYER_SYMBOLS = (MAMBA, ATTENTION, MLP)
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 NormKind = Literal["rmsnorm", "layernorm", "layernorm_1p"]
 InitStyle = Literal["megatron", "mamba_ssm"]
@@ -141,6 +142,9 @@ class ModelConfig:
   init_depth: int | None = None
   dtype: str = "float32"  # compute dtype of activations and matmuls.
   param_dtype: str = "float32"
+  # Rematerialisation of each residual sub-block in the backward pass: "none", "full" (save nothing), "dots" (save
+  # matmul outputs) or "dots_no_batch" (save matmul outputs without batch dimensions, i.e. weight-only products).
+  remat_policy: str = "none"
 
   def __post_init__(self):
     validate_pattern(self.pattern)
@@ -151,6 +155,8 @@ class ModelConfig:
            f"norm must be 'rmsnorm', 'layernorm' or 'layernorm_1p', got {self.norm!r}")
     _check(self.init_style in ("megatron", "mamba_ssm"),
            f"init_style must be 'megatron' or 'mamba_ssm', got {self.init_style!r}")
+    _check(self.remat_policy in REMAT_POLICIES,
+           f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     if MAMBA in self.pattern and self.mamba_version == 2:
       m, d = self.mamba2, self.d_model
       _check(m.nheads is not None or (m.expand * d) % m.headdim == 0,

@@ -15,6 +15,13 @@ from ssmjax.mixers.mamba1 import Mamba1Mixer
 from ssmjax.mixers.mamba2 import Mamba2Mixer
 from ssmjax.sharding import ACT_EMBED, BATCH, LENGTH, constrain
 
+# jax.checkpoint policies for ModelConfig.remat_policy ("none" does not rematerialise).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
 # The name of each kind's sub-layer in the parameter tree (``layers_{i}/<name>``), next to ``layers_{i}/norm``.
 SUBLAYER_NAMES = {MAMBA: "mixer", ATTENTION: "attention", MLP: "mlp"}
 
@@ -47,3 +54,10 @@ class ResidualBlock(nn.Module):
     out = make_sublayer(self.kind, cfg, self.inits)(normed)
     residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
     return constrain(h.astype(residual_dtype) + out.astype(residual_dtype), (BATCH, LENGTH, ACT_EMBED))
+
+
+def block_class(config: ModelConfig) -> type[nn.Module]:
+  """`ResidualBlock`, wrapped in ``nn.remat`` with the configured policy unless ``remat_policy == "none"``."""
+  if config.remat_policy == "none":
+    return ResidualBlock
+  return nn.remat(ResidualBlock, policy=REMAT_POLICIES[config.remat_policy], prevent_cse=True)

@@ -10,7 +10,7 @@ from ssmjax.config import ModelConfig
 from ssmjax.layers.embed import Embed
 from ssmjax.layers.norms import make_norm
 from ssmjax.layers.params import Inits, param
-from ssmjax.models.blocks import ResidualBlock
+from ssmjax.models.blocks import block_class
 from ssmjax.sharding import ACT_EMBED, ACT_VOCAB, BATCH, LENGTH, constrain
 
 
@@ -36,8 +36,9 @@ class LanguageModel(nn.Module):
     inits = model_inits(cfg)
     embed = Embed(cfg.vocab_size, cfg.d_model, inits.embedding(), dtype=dtype, param_dtype=param_dtype, name="embed")
     h = constrain(embed(input_ids), (BATCH, LENGTH, ACT_EMBED))
+    block = block_class(cfg)
     for i, kind in enumerate(cfg.pattern):
-      h = ResidualBlock(kind, cfg, inits, name=f"layers_{i}")(h)
+      h = block(kind, cfg, inits, name=f"layers_{i}")(h)
     h = make_norm(cfg.norm, cfg.norm_eps, dtype, param_dtype, name="final_norm")(h)
     if cfg.tie_embeddings:
       logits = embed.attend(h)

@@ -125,3 +125,14 @@ def test_group_major_layout_round_trips_and_groups_segments():
   np.testing.assert_array_equal(from_group_major(to_group_major(conv, "conv", **dims), "conv", **dims), conv)
   with pytest.raises(ValueError, match="expected 32"):
     to_group_major(flat[:-1], "in_proj", **dims)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_keeps_loss_and_gradients(policy):
+  config = presets.get("tiny_hybrid")
+  ids = jax.random.randint(jax.random.PRNGKey(3), (2, 9), 0, config.vocab_size)
+  loss, _, grads = _loss_and_grads(config, ids)
+  remat_loss, _, remat_grads = _loss_and_grads(config.replace(remat_policy=policy), ids)
+  np.testing.assert_allclose(float(remat_loss), float(loss), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(remat_grads), jax.tree_util.tree_leaves(grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
