@@ -65,12 +65,22 @@ def config_from_dict(data: dict) -> config_lib.ModelConfig:
   return config_lib.ModelConfig(**values)
 
 
-def save_model(directory: str, config: config_lib.ModelConfig, params: Any) -> None:
-  """Write ``config`` and ``params`` to ``directory`` (created; an existing ``params/`` is an error)."""
+def save_model(directory: str, config: config_lib.ModelConfig, params: Any,
+               save_concurrent_gb: int | None = None) -> None:
+  """Write ``config`` and ``params`` to ``directory`` (created; an existing ``params/`` is an error).
+
+  ``save_concurrent_gb``: write synchronously with at most this many GB in flight (orbax's default is asynchronous
+  with 96 GB), which bounds the extra host memory of saving a large model (``python -m ssmjax.convert`` uses 1).
+  """
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, PARAMS_DIR), params)
+  if save_concurrent_gb is None:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(directory, PARAMS_DIR), params)
+  else:
+    handler = ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_gb)
+    with ocp.Checkpointer(handler) as checkpointer:
+      checkpointer.save(os.path.join(directory, PARAMS_DIR), args=ocp.args.StandardSave(params))
   tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
   with open(tmp, "w") as f:
     json.dump(config_to_dict(config), f, indent=2)

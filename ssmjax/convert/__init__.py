@@ -1,5 +1,9 @@
-"""Loading foreign checkpoints into ssmjax parameter trees (and, later, exporting them)."""
+"""Loading foreign checkpoints (HF transformers, state-spaces, Megatron-LM) into ssmjax, and exporting to HF.
 
-from ssmjax.convert.hf import load_pretrained
+``ssmjax.load_pretrained(path)`` detects the format and returns ``(ModelConfig, params)``; ``python -m
+ssmjax.convert`` writes ssmjax checkpoints (``--from``) or HF transformers directories (``--to hf``).
+"""
 
-__all__ = ["load_pretrained"]
+from ssmjax.convert.api import FORMATS, detect_format, load_pretrained, open_checkpoint
+
+__all__ = ["FORMATS", "detect_format", "load_pretrained", "open_checkpoint"]

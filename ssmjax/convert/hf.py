@@ -1,4 +1,4 @@
-"""Load HuggingFace transformers checkpoints: ``config, params = load_pretrained(directory)``.
+"""HuggingFace transformers checkpoints: ``open_hf(directory).build()`` -> parameters.
 
 Supported ``model_type``s: ``mamba`` (MambaForCausalLM), ``mamba2`` (Mamba2ForCausalLM), ``nemotron_h``
 (NemotronHForCausalLM, Mamba-2 / attention / MLP hybrids) and ``llama`` (LlamaForCausalLM). The directory holds
@@ -8,19 +8,19 @@ and every parameter found; the result is checked against the shapes of ``Languag
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ssmjax.config import (AttentionConfig, Mamba1Config, Mamba2Config, MLPConfig, ModelConfig,
                            state_spaces_pattern)
 from ssmjax.convert import layouts
-from ssmjax.convert.tensors import TensorReader
+from ssmjax.convert.params import Conversion, Plan
+from ssmjax.convert.tensors import TensorReader, TensorSource
 
 _REQUIRED = object()
 
@@ -57,21 +57,27 @@ class _Fields:
     return default
 
 
-def _prefixed(reader: TensorReader, prefix: str) -> Callable[[str], np.ndarray]:
+def _prefixed(reader: TensorSource, prefix: str) -> Callable[[str], np.ndarray]:
   return lambda name: reader.take(prefix + name)
 
 
-def _output_layer(reader: TensorReader, tied: bool) -> dict:
-  """The untied output layer, if any. A tied checkpoint may still store a copy of ``lm_head.weight``: drop it."""
+def _output_layer(reader: TensorSource, tied: bool) -> Plan:
+  """The untied output layer, if any. A tied checkpoint may still store a copy of ``lm_head.weight``: skip it."""
   if "lm_head.weight" not in reader:
     if not tied:
-      raise KeyError("tensor 'lm_head.weight' is missing from an untied checkpoint")
-    return {}
-  weight = reader.take("lm_head.weight")
-  return {} if tied else {"lm_head": layouts.linear(weight)}
+      raise KeyError(f"tensor 'lm_head.weight' is missing from the untied {reader.description}")
+    return []
+  if tied:
+    reader.skip("lm_head.weight")
+    return []
+  return [("lm_head", lambda: layouts.linear(reader.take("lm_head.weight")))]
 
 
-def _mamba(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
+def _norm(reader: TensorSource, key: str) -> Callable[[], dict]:
+  return lambda: {"scale": reader.take(key)}
+
+
+def _mamba(hf: dict, reader: TensorSource) -> tuple[ModelConfig, Plan]:
   f = _Fields(hf)
   d_model, n_layer, d_inner = f("hidden_size"), f("num_hidden_layers"), f("intermediate_size")
   if d_inner % d_model:
@@ -87,27 +93,27 @@ def _mamba(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
                        mamba_version=1, mamba1=mamba1, norm="rmsnorm", norm_eps=f("layer_norm_epsilon", default=1e-5),
                        tie_embeddings=tied, residual_in_fp32=f("residual_in_fp32", default=True),
                        init_style="mamba_ssm")
-  params = {"embed": {"embedding": reader.take("backbone.embeddings.weight")}}
-  for i in range(n_layer):
-    get = _prefixed(reader, f"backbone.layers.{i}.")
-    params[f"layers_{i}"] = {
-        "norm": {"scale": get("norm.weight")},
-        "mixer": layouts.mamba1_mixer(_prefixed(reader, f"backbone.layers.{i}.mixer."), d_inner=d_inner,
-                                      bias=mamba1.bias, conv_bias=mamba1.conv_bias),
-    }
-  params["final_norm"] = {"scale": reader.take("backbone.norm_f.weight")}
-  params.update(_output_layer(reader, tied))
-  return config, params
+
+  def layer(i):
+    return {"norm": {"scale": reader.take(f"backbone.layers.{i}.norm.weight")},
+            "mixer": layouts.mamba1_mixer(_prefixed(reader, f"backbone.layers.{i}.mixer."), d_inner=d_inner,
+                                          bias=mamba1.bias, conv_bias=mamba1.conv_bias)}
+
+  plan = [("embed", lambda: {"embedding": reader.take("backbone.embeddings.weight")})]
+  plan += [(f"layers_{i}", functools.partial(layer, i)) for i in range(n_layer)]
+  plan += [("final_norm", _norm(reader, "backbone.norm_f.weight"))] + _output_layer(reader, tied)
+  return config, plan
 
 
-def _mamba2_layer(reader: TensorReader, prefix: str, config: ModelConfig) -> dict:
+def mamba2_layer(reader: TensorSource, prefix: str, config: ModelConfig) -> dict:
+  """A Mamba-2 mixer stored with mamba_ssm / HF names under ``prefix``."""
   m = config.mamba2
   return layouts.mamba2_mixer(_prefixed(reader, prefix), d_inner=m.d_inner(config.d_model), ngroups=m.ngroups,
                               d_state=m.d_state, nheads=m.resolved_nheads(config.d_model), bias=m.bias,
                               conv_bias=m.conv_bias)
 
 
-def _mamba2(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
+def _mamba2(hf: dict, reader: TensorSource) -> tuple[ModelConfig, Plan]:
   f = _Fields(hf)
   d_model, n_layer = f("hidden_size"), f("num_hidden_layers")
   mamba2 = Mamba2Config(
@@ -122,13 +128,15 @@ def _mamba2(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
                        mamba_version=2, mamba2=mamba2, norm="rmsnorm", norm_eps=f("layer_norm_epsilon", default=1e-5),
                        tie_embeddings=tied, residual_in_fp32=f("residual_in_fp32", default=True),
                        init_style="mamba_ssm")
-  params = {"embed": {"embedding": reader.take("backbone.embeddings.weight")}}
-  for i in range(n_layer):
-    params[f"layers_{i}"] = {"norm": {"scale": reader.take(f"backbone.layers.{i}.norm.weight")},
-                             "mixer": _mamba2_layer(reader, f"backbone.layers.{i}.mixer.", config)}
-  params["final_norm"] = {"scale": reader.take("backbone.norm_f.weight")}
-  params.update(_output_layer(reader, tied))
-  return config, params
+
+  def layer(i):
+    return {"norm": {"scale": reader.take(f"backbone.layers.{i}.norm.weight")},
+            "mixer": mamba2_layer(reader, f"backbone.layers.{i}.mixer.", config)}
+
+  plan = [("embed", lambda: {"embedding": reader.take("backbone.embeddings.weight")})]
+  plan += [(f"layers_{i}", functools.partial(layer, i)) for i in range(n_layer)]
+  plan += [("final_norm", _norm(reader, "backbone.norm_f.weight"))] + _output_layer(reader, tied)
+  return config, plan
 
 
 NEMOTRON_H_LAYER_TYPES = {"linear_attention": "M", "mamba": "M", "full_attention": "*", "attention": "*",
@@ -150,20 +158,22 @@ def _nemotron_h_pattern(f: _Fields) -> str:
   return pattern
 
 
-def _nemotron_h(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
+def _nemotron_h(hf: dict, reader: TensorSource) -> tuple[ModelConfig, Plan]:
   f = _Fields(hf)
   d_model, pattern = f("hidden_size"), _nemotron_h_pattern(f)
   act = f("mlp_hidden_act", default="relu2")
   if act not in NEMOTRON_H_ACTIVATIONS:
     raise ValueError(f"mlp_hidden_act {act!r} is not supported; expected one of {sorted(NEMOTRON_H_ACTIVATIONS)}")
   # HF's NemotronH clamps dt from below at time_step_min in its full-sequence path, whatever time_step_limit says.
+  # time_step_min 0 (an ssmjax export of a model without a clamp) cannot seed the dt init: dt_min keeps its default.
+  time_step_min = float(f("time_step_min", "mamba_dt_min", default=1e-3))
   mamba2 = Mamba2Config(
       d_state=f("ssm_state_size"), d_conv=f("conv_kernel", "mamba_d_conv", default=4),
       headdim=f("mamba_head_dim"), nheads=f("mamba_num_heads"), ngroups=f("n_groups", "mamba_n_groups", default=8),
       chunk_size=f("chunk_size", "mamba_chunk_size", default=128),
-      dt_min=f("time_step_min", "mamba_dt_min", default=1e-3), dt_max=f("time_step_max", "mamba_dt_max", default=0.1),
+      dt_min=time_step_min if time_step_min > 0 else 1e-3, dt_max=f("time_step_max", "mamba_dt_max", default=0.1),
       dt_init_floor=f("time_step_floor", "mamba_dt_init_floor", default=1e-4),
-      dt_limit=(float(f("time_step_min", "mamba_dt_min", default=1e-3)), float("inf")),
+      dt_limit=(time_step_min, float("inf")),
       conv_bias=f("use_conv_bias", "mamba_conv_bias", default=True), bias=f("use_bias", default=False))
   heads = f("num_attention_heads")
   attention = AttentionConfig(num_heads=heads, num_kv_heads=f("num_key_value_heads", default=heads),
@@ -174,27 +184,29 @@ def _nemotron_h(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
                        attention=attention, mlp=mlp, norm="rmsnorm", norm_eps=f("layer_norm_epsilon", default=1e-5),
                        tie_embeddings=False, residual_in_fp32=False, init_style="megatron")
   root = "backbone." if "backbone.embeddings.weight" in reader else "model."
-  params = {"embed": {"embedding": reader.take(root + "embeddings.weight")}}
-  for i, kind in enumerate(pattern):
+
+  def layer(i, kind):
     prefix = f"{root}layers.{i}.mixer."
-    layer = {"norm": {"scale": reader.take(f"{root}layers.{i}.norm.weight")}}
+    built = {"norm": {"scale": reader.take(f"{root}layers.{i}.norm.weight")}}
     if kind == "M":
-      layer["mixer"] = _mamba2_layer(reader, prefix, config)
+      built["mixer"] = mamba2_layer(reader, prefix, config)
     elif kind == "*":
-      layer["attention"] = layouts.attention(_prefixed(reader, prefix), num_heads=attention.num_heads,
+      built["attention"] = layouts.attention(_prefixed(reader, prefix), num_heads=attention.num_heads,
                                              num_kv_heads=attention.resolved_kv_heads(),
                                              head_dim=attention.resolved_head_dim(d_model), qkv_bias=False,
                                              out_bias=False)
     else:
-      layer["mlp"] = layouts.mlp(_prefixed(reader, prefix), gated=False, bias=mlp.bias,
+      built["mlp"] = layouts.mlp(_prefixed(reader, prefix), gated=False, bias=mlp.bias,
                                  names=("up_proj", None, "down_proj"))
-    params[f"layers_{i}"] = layer
-  params["final_norm"] = {"scale": reader.take(root + "norm_f.weight")}
-  params.update(_output_layer(reader, tied=False))
-  return config, params
+    return built
+
+  plan = [("embed", lambda: {"embedding": reader.take(root + "embeddings.weight")})]
+  plan += [(f"layers_{i}", functools.partial(layer, i, kind)) for i, kind in enumerate(pattern)]
+  plan += [("final_norm", _norm(reader, root + "norm_f.weight"))] + _output_layer(reader, tied=False)
+  return config, plan
 
 
-def _llama(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
+def _llama(hf: dict, reader: TensorSource) -> tuple[ModelConfig, Plan]:
   f = _Fields(hf)
   d_model, n_layer, heads = f("hidden_size"), f("num_hidden_layers"), f("num_attention_heads")
   rope = f("rope_parameters", "rope_scaling", default={}) or {}
@@ -213,31 +225,32 @@ def _llama(hf: dict, reader: TensorReader) -> tuple[ModelConfig, dict]:
   config = ModelConfig(vocab_size=f("vocab_size"), d_model=d_model, pattern="*-" * n_layer, attention=attention,
                        mlp=mlp, norm="rmsnorm", norm_eps=f("rms_norm_eps", default=1e-6), tie_embeddings=tied,
                        init_style="megatron", init_std=f("initializer_range", default=0.02), init_depth=n_layer)
-  params = {"embed": {"embedding": reader.take("model.embed_tokens.weight")}}
-  for i in range(n_layer):
-    get = _prefixed(reader, f"model.layers.{i}.")
-    params[f"layers_{2 * i}"] = {
-        "norm": {"scale": get("input_layernorm.weight")},
-        "attention": layouts.attention(_prefixed(reader, f"model.layers.{i}.self_attn."), num_heads=heads,
-                                       num_kv_heads=attention.resolved_kv_heads(),
-                                       head_dim=attention.resolved_head_dim(d_model), qkv_bias=attention_bias,
-                                       out_bias=attention_bias),
-    }
-    params[f"layers_{2 * i + 1}"] = {
-        "norm": {"scale": get("post_attention_layernorm.weight")},
-        "mlp": layouts.mlp(_prefixed(reader, f"model.layers.{i}.mlp."), gated=True, bias=mlp.bias,
-                           names=("up_proj", "gate_proj", "down_proj")),
-    }
-  params["final_norm"] = {"scale": reader.take("model.norm.weight")}
-  params.update(_output_layer(reader, tied))
+
+  def attention_layer(i):
+    return {"norm": {"scale": reader.take(f"model.layers.{i}.input_layernorm.weight")},
+            "attention": layouts.attention(_prefixed(reader, f"model.layers.{i}.self_attn."), num_heads=heads,
+                                           num_kv_heads=attention.resolved_kv_heads(),
+                                           head_dim=attention.resolved_head_dim(d_model), qkv_bias=attention_bias,
+                                           out_bias=attention_bias)}
+
+  def mlp_layer(i):
+    return {"norm": {"scale": reader.take(f"model.layers.{i}.post_attention_layernorm.weight")},
+            "mlp": layouts.mlp(_prefixed(reader, f"model.layers.{i}.mlp."), gated=True, bias=mlp.bias,
+                               names=("up_proj", "gate_proj", "down_proj"))}
+
   # Older checkpoints store RoPE's inverse frequencies; they are recomputed from the config.
   for key in reader.keys():
     if key.endswith("rotary_emb.inv_freq"):
-      reader.take(key)
-  return config, params
+      reader.skip(key)
+  plan = [("embed", lambda: {"embedding": reader.take("model.embed_tokens.weight")})]
+  for i in range(n_layer):
+    plan += [(f"layers_{2 * i}", functools.partial(attention_layer, i)),
+             (f"layers_{2 * i + 1}", functools.partial(mlp_layer, i))]
+  plan += [("final_norm", _norm(reader, "model.norm.weight"))] + _output_layer(reader, tied)
+  return config, plan
 
 
-CONVERTERS: dict[str, Callable[[dict, TensorReader], tuple[ModelConfig, dict]]] = {
+CONVERTERS: dict[str, Callable[[dict, TensorSource], tuple[ModelConfig, Plan]]] = {
     "mamba": _mamba,
     "mamba2": _mamba2,
     "nemotron_h": _nemotron_h,
@@ -245,37 +258,14 @@ CONVERTERS: dict[str, Callable[[dict, TensorReader], tuple[ModelConfig, dict]]] 
 }
 
 
-def check_params(config: ModelConfig, params: dict) -> None:
-  """Raise ValueError naming every missing, unexpected or mis-shaped parameter of ``LanguageModel(config)``."""
-  from ssmjax.models.counting import abstract_params
-
-  expected = {jax.tree_util.keystr(path): leaf.shape
-              for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params(config))}
-  got = {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
-  problems = [f"missing parameter {k} {v}" for k, v in expected.items() if k not in got]
-  problems += [f"unexpected parameter {k} {v}" for k, v in got.items() if k not in expected]
-  problems += [f"parameter {k} has shape {got[k]}, expected {v}" for k, v in expected.items()
-               if k in got and tuple(got[k]) != tuple(v)]
-  if problems:
-    raise ValueError("converted parameters do not fit the model:\n  " + "\n  ".join(problems))
-
-
-def load_pretrained(path: str, dtype: str | None = None) -> tuple[ModelConfig, dict]:
-  """Load a HuggingFace transformers checkpoint directory -> ``(ModelConfig, params)``.
-
-  ``LanguageModel(config).apply({"params": params}, input_ids)`` then gives the model's logits. ``dtype`` casts the
-  parameters (default: float32).
-  """
+def open_hf(path: str) -> Conversion:
+  """Open a HuggingFace transformers checkpoint directory for conversion (nothing is read until it is built)."""
   hf = read_hf_config(path)
   model_type = hf.get("model_type")
   if model_type not in CONVERTERS:
     raise ValueError(f"unsupported model_type {model_type!r} in {os.path.join(path, 'config.json')}; supported: "
                      f"{sorted(CONVERTERS)}")
   reader = TensorReader(path)
-  config, params = CONVERTERS[model_type](hf, reader)
-  unused = reader.unused()
-  if unused:
-    raise ValueError(f"checkpoint tensors not used by the {model_type!r} conversion: {unused}")
-  check_params(config, params)
-  target = jnp.dtype(dtype or config.param_dtype)
-  return config, jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=target), params)
+  config, plan = CONVERTERS[model_type](hf, reader)
+  return Conversion(config, reader, plan, info={"format": "hf", "model_type": model_type,
+                                                "vocab_size": hf.get("vocab_size")})

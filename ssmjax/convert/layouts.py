@@ -16,6 +16,17 @@ def linear(weight: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(weight.T)
 
 
+def split_rows(weight: np.ndarray, sizes, name: str) -> list[np.ndarray]:
+  """Split a fused tensor's first axis into consecutive blocks of ``sizes`` (or into ``sizes`` equal parts)."""
+  if isinstance(sizes, int):
+    if weight.shape[0] % sizes:
+      raise ValueError(f"{name} has {weight.shape[0]} rows, which do not split into {sizes} equal parts")
+    sizes = [weight.shape[0] // sizes] * sizes
+  if weight.shape[0] != sum(sizes):
+    raise ValueError(f"{name} has {weight.shape[0]} rows, expected {sum(sizes)} (= {' + '.join(map(str, sizes))})")
+  return np.split(weight, np.cumsum(sizes)[:-1], axis=0)
+
+
 def conv(weight: np.ndarray) -> np.ndarray:
   """(C, 1, K) -> (K, C)."""
   if weight.ndim != 3 or weight.shape[1] != 1:

@@ -79,7 +79,7 @@ def test_unexpected_tensor_is_named(mamba2_copy):
 
 def test_wrongly_shaped_tensor_is_named(mamba2_copy):
   _edit_tensors(mamba2_copy, lambda t: t.update({"backbone.layers.0.mixer.D": np.zeros(3, np.float32)}))
-  with pytest.raises(ValueError, match=r"layers_0.*mixer.*'D'.*shape"):
+  with pytest.raises(ValueError, match=r"layers_0/mixer/D has shape \(3,\).*backbone.layers.0.mixer.D"):
     ssmjax.load_pretrained(str(mamba2_copy))
 
 
