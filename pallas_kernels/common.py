@@ -4,24 +4,45 @@
 - `check_positive_int`, `check_ndim`, `check_shape`: argument validation that raises `ValueError` naming the
   argument and the expected shape, so that a wrong call fails at trace time with a message a user can act on.
 - `resolve_implementation`: turns the public `implementation=` argument into a concrete name, with `None` meaning
-  "the best one for the current backend".
+  "the best one for the current backend", and "pallas" meaning the native kernel of the current backend.
+- `PallasTarget` / `pallas_target`: which kernel (TPU Mosaic or GPU Triton) a "pallas*" implementation name runs, and
+  whether in interpret mode; `interpret_arg` is what every `pallas_call` of that target gets as `interpret=`.
+- `out_struct`: the `ShapeDtypeStruct` of a kernel output, varying over the same `shard_map` axes as the inputs, so
+  that kernels can be called inside `shard_map` (with `check_vma=True`, the default).
+- `vary_alike`: makes arrays vary over the same `shard_map` axes, as a `custom_vjp` around a kernel needs.
+- `round_up`, `next_power_of_2`: block-size arithmetic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
 __all__ = [
+    "PALLAS_IMPLEMENTATIONS",
+    "PallasTarget",
     "check_ndim",
     "check_positive_int",
     "check_shape",
+    "next_power_of_2",
+    "out_struct",
+    "pad_axis_to",
     "pad_axis_to_multiple",
+    "pallas_target",
     "resolve_implementation",
+    "round_up",
+    "vary_alike",
 ]
+
+# The Pallas implementation names every op accepts. "pallas" is the native kernel of the current backend;
+# "pallas_tpu" / "pallas_gpu" name a kernel explicitly (e.g. to compile ahead of time for a TPU from a CPU host);
+# the "_interpret" variants run the same kernels on any backend through Pallas' interpreters.
+PALLAS_IMPLEMENTATIONS = ("pallas", "pallas_tpu", "pallas_gpu", "pallas_tpu_interpret", "pallas_gpu_interpret")
 
 
 def pad_axis_to_multiple(x: jax.Array, multiple: int, axis: int) -> jax.Array:
@@ -33,6 +54,26 @@ def pad_axis_to_multiple(x: jax.Array, multiple: int, axis: int) -> jax.Array:
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, pad)
   return jnp.pad(x, widths)
+
+
+def pad_axis_to(x: jax.Array, length: int, axis: int) -> jax.Array:
+  """Zero-pads `x` at the end of `axis` up to `length` (which must be >= the current length)."""
+  pad = length - x.shape[axis]
+  if pad == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def round_up(value: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is >= `value`."""
+  return -(-value // multiple) * multiple
+
+
+def next_power_of_2(value: int) -> int:
+  """The smallest power of two that is >= `value` (and >= 1)."""
+  return 1 << max(0, int(value) - 1).bit_length()
 
 
 def check_positive_int(name: str, value) -> int:
@@ -75,14 +116,89 @@ def resolve_implementation(
     implementation: the user's choice, or None for the default of the backend.
     available: the names this op knows.
     defaults: backend name ("cpu", "gpu", "tpu", ...) -> implementation; the key "*" is the fallback.
-    backend: the backend to pick a default for; `jax.default_backend()` when None.
+    backend: the backend to pick a default for (and to resolve "pallas" on); `jax.default_backend()` when None.
+
+  Returns:
+    A name from `available`; "pallas" (from the user or from `defaults`) becomes "pallas_tpu" or "pallas_gpu".
 
   Raises:
-    ValueError: `implementation` is not None and not one of `available`.
+    ValueError: `implementation` is not None and not one of `available`, or it is "pallas" on a backend with no
+      native Pallas kernel (CPU).
   """
+  backend = jax.default_backend() if backend is None else backend
   if implementation is None:
-    backend = jax.default_backend() if backend is None else backend
-    return defaults.get(backend, defaults["*"])
-  if not isinstance(implementation, str) or implementation not in available:
+    implementation = defaults.get(backend, defaults["*"])
+  elif not isinstance(implementation, str) or implementation not in available:
     raise ValueError(f"implementation must be None or one of {tuple(available)}, got {implementation!r}")
+  if implementation == "pallas":
+    if backend not in ("tpu", "gpu"):
+      raise ValueError(
+          f"implementation='pallas' runs the native kernel of a TPU or GPU backend, but the current backend is "
+          f"{backend!r}; use 'pallas_tpu_interpret' or 'pallas_gpu_interpret' to run the kernels in interpret mode, "
+          f"or 'pallas_tpu' / 'pallas_gpu' to lower for another platform"
+      )
+    implementation = f"pallas_{backend}"
   return implementation
+
+
+@dataclasses.dataclass(frozen=True)
+class PallasTarget:
+  """Which Pallas kernel to run: `platform` "tpu" (Mosaic) or "gpu" (Triton), natively or in interpret mode."""
+
+  platform: str
+  interpret: bool
+
+  @property
+  def interpret_arg(self):
+    """The `interpret=` argument of `pallas_call`: TPU interpret mode (which models TPU semantics such as VMEM,
+    DMAs and grid order) for the TPU kernels, the generic HLO interpreter for the GPU kernels, False natively."""
+    if not self.interpret:
+      return False
+    return pltpu.InterpretParams() if self.platform == "tpu" else True
+
+
+def pallas_target(implementation: str) -> PallasTarget | None:
+  """The kernel a resolved implementation name runs ("pallas_tpu", "pallas_gpu_interpret", ...), or None for a
+  jnp implementation. "pallas" must have been resolved by `resolve_implementation` first."""
+  if not implementation.startswith("pallas_"):
+    return None
+  platform, _, mode = implementation[len("pallas_"):].partition("_")
+  if platform not in ("tpu", "gpu") or mode not in ("", "interpret"):
+    raise ValueError(f"not a Pallas implementation name: {implementation!r}")
+  return PallasTarget(platform=platform, interpret=mode == "interpret")
+
+
+def out_struct(shape: Sequence[int], dtype, *like: jax.Array) -> jax.ShapeDtypeStruct:
+  """`ShapeDtypeStruct(shape, dtype)` for a `pallas_call` output computed from `like`.
+
+  Inside `shard_map` with `check_vma=True`, Pallas needs to know over which manual mesh axes an output varies; it
+  varies over every axis any of its inputs varies over. Outside `shard_map` this is a plain `ShapeDtypeStruct`.
+  """
+  varying = frozenset()
+  for a in like:
+    if a is not None:
+      varying |= jax.typeof(a).manual_axis_type.varying
+  return jax.ShapeDtypeStruct(tuple(shape), dtype, manual_axis_type=jax.sharding.ManualAxisType(varying=varying))
+
+
+def vary_alike(*arrays):
+  """The arrays (None passes through), each marked as varying over every manual mesh axis any of them varies over.
+
+  Inside `shard_map` an operation mixing a replicated array (say A [h], the same on every data shard) with a
+  varying one (x, different per data shard) implicitly broadcasts the replicated one, and autodiff sums its
+  cotangent back over the axes it was broadcast over. A `custom_vjp` rule must return cotangents typed like its
+  primal inputs, so the kernels' `custom_vjp` receives inputs already broadcast here, outside of it: the sum then
+  happens in JAX's own transpose of this broadcast. Outside `shard_map` this returns the arrays unchanged.
+  """
+  varying = frozenset()
+  for a in arrays:
+    if a is not None:
+      varying |= jax.typeof(a).manual_axis_type.varying
+  out = []
+  for a in arrays:
+    if a is not None:
+      missing = tuple(sorted(varying - jax.typeof(a).manual_axis_type.varying))
+      if missing:
+        a = jax.lax.pcast(a, missing, to="varying")
+    out.append(a)
+  return tuple(out)

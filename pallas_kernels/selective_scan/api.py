@@ -3,8 +3,18 @@
 Notation as in `pallas_kernels.selective_scan.reference`: b batch, t length, e channels (d_inner), n state size.
 
 Implementations:
-  "reference"    sequential `lax.scan` over time (`selective_scan_reference`); the oracle.
-  "associative"  `lax.associative_scan` over time (`selective_scan_associative`); the default (`None`) everywhere.
+  "reference"             sequential `lax.scan` over time (`selective_scan_reference`); the oracle.
+  "associative"           `lax.associative_scan` over time (`selective_scan_associative`); the default (`None`) on
+                          CPU.
+  "pallas"                the Pallas kernel of the current backend (`pallas_tpu` on TPU, `pallas_gpu` on GPU); the
+                          default on TPU and GPU. A ValueError on other backends.
+  "pallas_tpu"            the Mosaic TPU kernels (`pallas_kernels.selective_scan.pallas_tpu`), whatever the current
+                          backend (ahead-of-time compilation for a TPU from a CPU host).
+  "pallas_gpu"            the Triton GPU kernels (`pallas_kernels.selective_scan.pallas_gpu`).
+  "pallas_tpu_interpret"  the TPU kernels in Pallas' TPU interpret mode (any backend; slow, for tests).
+  "pallas_gpu_interpret"  the GPU kernels in Pallas' interpret mode (any backend; slow, for tests).
+
+The kernels carry the state on chip across sequence blocks and fuse delta_bias + softplus, the D skip and the z gate.
 """
 
 from __future__ import annotations
@@ -15,12 +25,14 @@ import jax
 
 from pallas_kernels import common
 from pallas_kernels.selective_scan import reference
+from pallas_kernels.selective_scan.block_sizes import ScanGpuBlockSizes, ScanTpuBlockSizes
+from pallas_kernels.selective_scan.pallas import selective_scan_pallas
 
 __all__ = ["IMPLEMENTATIONS", "selective_scan"]
 
-IMPLEMENTATIONS = ("reference", "associative")
+IMPLEMENTATIONS = ("reference", "associative", *common.PALLAS_IMPLEMENTATIONS)
 # Backend -> implementation used for `implementation=None`; "*" is every other backend.
-_DEFAULTS = {"*": "associative"}
+_DEFAULTS = {"tpu": "pallas", "gpu": "pallas", "*": "associative"}
 
 
 def selective_scan(
@@ -37,6 +49,7 @@ def selective_scan(
     initial_state=None,
     return_final_state: bool = False,
     implementation: str | None = None,
+    block_sizes: ScanTpuBlockSizes | ScanGpuBlockSizes | None = None,
 ):
   """Mamba-1 selective scan (mamba_ssm `selective_scan_fn` with B and C shared by all channels).
 
@@ -55,17 +68,22 @@ def selective_scan(
     delta_softplus: apply softplus to delta after adding delta_bias.
     initial_state: optional [batch, d_inner, dstate].
     return_final_state: also return the state after the last step.
-    implementation: None (best for the backend), "reference" or "associative".
+    implementation: None (best for the backend) or one of `IMPLEMENTATIONS` (see the module docstring).
+    block_sizes: `ScanTpuBlockSizes` / `ScanGpuBlockSizes` for the Pallas implementations (None: defaults); the jnp
+      implementations ignore it.
 
   Returns:
     y [batch, seqlen, d_inner] in u's dtype, or `(y, final_state)` with final_state [batch, d_inner, dstate]
     float32 when `return_final_state`. Computed in float32.
 
   Raises:
-    ValueError: a wrong rank or shape (naming the argument) or an unknown implementation.
+    ValueError: a wrong rank or shape (naming the argument), block sizes that do not fit the kernel, an unknown
+      implementation, or "pallas" on a backend without Pallas kernels (CPU).
   """
   _check_shapes(u, delta, A, B, C, D, z, delta_bias, initial_state)
   implementation = common.resolve_implementation(implementation, available=IMPLEMENTATIONS, defaults=_DEFAULTS)
+  if block_sizes is not None and not isinstance(block_sizes, (ScanTpuBlockSizes, ScanGpuBlockSizes)):
+    raise ValueError(f"block_sizes must be None, ScanTpuBlockSizes or ScanGpuBlockSizes, got {block_sizes!r}")
   y, final_state = _selective_scan(
       u,
       delta,
@@ -78,12 +96,18 @@ def selective_scan(
       initial_state,
       delta_softplus=bool(delta_softplus),
       implementation=implementation,
+      block_sizes=block_sizes,
   )
   return (y, final_state) if return_final_state else y
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "implementation"))
-def _selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, *, delta_softplus, implementation):
+@functools.partial(jax.jit, static_argnames=("delta_softplus", "implementation", "block_sizes"))
+def _selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state, *, delta_softplus, implementation,
+                    block_sizes):
+  target = common.pallas_target(implementation)
+  if target is not None:
+    return selective_scan_pallas(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                 initial_state=initial_state, target=target, block_sizes=block_sizes)
   if implementation == "reference":
     fn = reference.selective_scan_reference
   elif implementation == "associative":

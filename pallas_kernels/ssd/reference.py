@@ -16,6 +16,9 @@ Both functions compute, for every head h (scalar decay per head, mamba_ssm chunk
 and return `(y, final_state)` with `y` [b, t, h, p] in x's dtype and `final_state` = S_T [b, h, p, n] in float32.
 Decay cumsums, exponentials and states are float32 whatever the input dtype. Neither function validates its
 arguments: `pallas_kernels.ssd` does that before calling them.
+
+`process_dt` (bias, softplus, clamp of dt) and `gate` (y * silu(z)) are the optional steps around the scan that
+mamba_ssm fuses into its kernels; composed with either function they are the reference for the fused options.
 """
 
 from __future__ import annotations
@@ -26,9 +29,34 @@ from jax import lax
 
 from pallas_kernels import common
 
-__all__ = ["ssd_chunked", "ssd_reference"]
+__all__ = ["gate", "process_dt", "ssd_chunked", "ssd_reference"]
 
 _F32 = jnp.float32
+
+
+def process_dt(dt, *, dt_bias=None, dt_softplus=False, dt_limit=None):
+  """dt -> clip(softplus(dt + dt_bias), *dt_limit), each step only if asked for, in float32; dt itself if none is.
+
+  Args:
+    dt: [b, t, h]. dt_bias: optional [h]. dt_softplus: apply softplus. dt_limit: optional (low, high) clamp.
+  """
+  if dt_bias is None and not dt_softplus and dt_limit is None:
+    return dt
+  dt = dt.astype(_F32)
+  if dt_bias is not None:
+    dt = dt + dt_bias.astype(_F32)
+  if dt_softplus:
+    dt = jax.nn.softplus(dt)
+  if dt_limit is not None:
+    dt = jnp.clip(dt, dt_limit[0], dt_limit[1])
+  return dt
+
+
+def gate(y, z):
+  """y * silu(z) computed in float32, in y's dtype; y itself when z is None."""
+  if z is None:
+    return y
+  return (y.astype(_F32) * jax.nn.silu(z.astype(_F32))).astype(y.dtype)
 
 
 def ssd_reference(x, dt, A, B, C, *, D=None, initial_state=None):

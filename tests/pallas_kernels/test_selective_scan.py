@@ -1,8 +1,9 @@
 """Tests for `pallas_kernels.selective_scan` (Mamba-1).
 
 Every implementation is held to the sequential "reference" implementation (forward and gradients) and to a float64
-NumPy recurrence written here with plain loops, independent of the library. A new implementation (e.g. "pallas")
-gets the whole matrix by subclassing `SelectiveScanImplementationTests` with its name in `IMPLEMENTATION`.
+NumPy recurrence written here with plain loops, independent of the library. A new implementation gets the whole
+matrix by subclassing `SelectiveScanImplementationTests` with its name in `IMPLEMENTATION`: the Pallas kernels run
+it in interpret mode ("pallas_gpu_interpret", "pallas_tpu_interpret").
 
 Tolerances:
   float32 forward: max abs error <= 1e-5 (outputs and final states).
@@ -16,7 +17,6 @@ Tolerances:
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 
 import pallas_kernels
+from pallas_kernels import common
 from pallas_kernels.selective_scan import IMPLEMENTATIONS as SELECTIVE_SCAN_IMPLEMENTATIONS
+from pallas_kernels.selective_scan import api as selective_scan_api
+from pallas_kernels.selective_scan.block_sizes import ScanGpuBlockSizes, ScanTpuBlockSizes
 
 BATCH = 2
 D_INNER = 6
@@ -69,6 +72,14 @@ GRAD_CASES = [
     Case(37, True, True, _DSTATE[37]),
 ]
 BF16_CASES = [Case(16, False, False, _DSTATE[16]), Case(37, True, True, _DSTATE[37])]
+# The TPU kernel in TPU interpret mode costs about twice the GPU kernel in interpret mode (it simulates TPU memory
+# and DMAs), so by default it runs a subset that still covers every length and option setting (`-m slow`: the rest).
+TPU_INTERPRET_FORWARD_CASES = [
+    Case(1, True, True, _DSTATE[1]),
+    Case(16, False, True, _DSTATE[16]),
+    Case(37, True, True, _DSTATE[37]),
+]
+TPU_INTERPRET_GRAD_CASES = [Case(16, False, True, _DSTATE[16]), Case(37, True, True, _DSTATE[37])]
 
 
 def matrix(default_cases):
@@ -121,37 +132,61 @@ def selective_scan_numpy(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
   return y, state
 
 
-def run_selective_scan(inputs, implementation):
-  """Returns (y, final_state) of `pallas_kernels.selective_scan` on a dict like `make_inputs`'s (missing keys: None)."""
-  args = {k: None if inputs.get(k) is None else jnp.asarray(inputs[k]) for k in ARG_NAMES}
+def _call_selective_scan(arrays, delta_softplus, implementation, block_sizes=None):
+  args = {k: arrays.get(k) for k in ARG_NAMES}
   positional = [args.pop(k) for k in ("u", "delta", "A", "B", "C")]
-  return pallas_kernels.selective_scan(
-      *positional,
-      **args,
-      delta_softplus=inputs["delta_softplus"],
-      return_final_state=True,
-      implementation=implementation,
+  return pallas_kernels.selective_scan(*positional, **args, delta_softplus=delta_softplus, return_final_state=True,
+                                       implementation=implementation, block_sizes=block_sizes)
+
+
+# Interpret-mode kernels become large XLA programs whose compilation dominates these tests (they run on tiny
+# inputs); compiling them without LLVM's backend optimisations roughly halves that time.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_STATIC = ("delta_softplus", "implementation", "block_sizes")
+_jit_forward = {
+    fast: jax.jit(_call_selective_scan, static_argnames=_STATIC, compiler_options=_FAST_COMPILE if fast else None)
+    for fast in (False, True)
+}
+
+
+def _is_interpret(implementation) -> bool:
+  return implementation is not None and implementation.endswith("_interpret")
+
+
+def run_selective_scan(inputs, implementation, block_sizes=None):
+  """Returns (y, final_state) of `pallas_kernels.selective_scan` on a dict like `make_inputs`'s (missing keys: None)."""
+  arrays = {k: jnp.asarray(v) for k, v in inputs.items() if k != "delta_softplus" and v is not None}
+  return _jit_forward[_is_interpret(implementation)](
+      arrays, delta_softplus=inputs["delta_softplus"], implementation=implementation, block_sizes=block_sizes
   )
 
 
-def selective_scan_gradients(inputs, implementation, seed=1):
+def selective_scan_gradients(inputs, implementation, seed=1, block_sizes=None):
   """Gradients of <y, gy> + <final_state, gs> (random cotangents) w.r.t. every given input, as a dict."""
   b, _, e = inputs["u"].shape
   rng = np.random.default_rng(seed)
   gy = rng.normal(size=inputs["u"].shape).astype(np.float32)
   gs = rng.normal(size=(b, e, inputs["A"].shape[1])).astype(np.float32)
   arrays = {k: v for k, v in inputs.items() if k != "delta_softplus" and v is not None}
-  return _gradients(arrays, gy, gs, delta_softplus=inputs["delta_softplus"], implementation=implementation)
+  return _jit_gradients[_is_interpret(implementation)](
+      arrays, gy, gs, delta_softplus=inputs["delta_softplus"], implementation=implementation, block_sizes=block_sizes
+  )
 
 
-@functools.partial(jax.jit, static_argnames=("delta_softplus", "implementation"))
-def _gradients(arrays, gy, gs, *, delta_softplus, implementation):
-  # Module level and jitted, so that tests with the same shapes share one compilation.
+def _gradients(arrays, gy, gs, *, delta_softplus, implementation, block_sizes):
   def loss(arrays):
-    y, final_state = run_selective_scan({**arrays, "delta_softplus": delta_softplus}, implementation)
+    y, final_state = _call_selective_scan(arrays, delta_softplus, implementation, block_sizes)
     return jnp.sum(y * gy) + jnp.sum(final_state * gs)
 
   return jax.grad(loss)(arrays)
+
+
+# Module level and jitted, so that tests with the same shapes share one compilation.
+_jit_gradients = {
+    fast: jax.jit(_gradients, static_argnames=_STATIC,
+                  compiler_options=_FAST_COMPILE if fast else None)
+    for fast in (False, True)
+}
 
 
 def numpy_inputs(inputs) -> dict:
@@ -167,14 +202,15 @@ def max_abs_diff(a, b) -> float:
 
 
 class SelectiveScanImplementationTests:
-  """The test matrix every non-reference implementation runs; subclasses set IMPLEMENTATION."""
+  """The test matrix every non-reference implementation runs; subclasses set IMPLEMENTATION (and BLOCK_SIZES)."""
 
   IMPLEMENTATION: str
+  BLOCK_SIZES = None  # the kernels' block sizes for the whole matrix
 
   @pytest.mark.parametrize("case", matrix(FORWARD_CASES))
   def test_forward_matches_reference(self, case):
     inputs = make_inputs(case)
-    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION, self.BLOCK_SIZES)
     y_ref, final_ref = run_selective_scan(inputs, "reference")
     assert y.shape == inputs["u"].shape and y.dtype == jnp.float32
     assert final_state.shape == final_ref.shape and final_state.dtype == jnp.float32
@@ -184,7 +220,7 @@ class SelectiveScanImplementationTests:
   @pytest.mark.parametrize("case", matrix(FORWARD_CASES))
   def test_forward_matches_numpy_float64(self, case):
     inputs = make_inputs(case)
-    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION, self.BLOCK_SIZES)
     y64, final64 = selective_scan_numpy(**inputs)
     assert max_abs_diff(y, y64) <= FORWARD_ATOL
     assert max_abs_diff(final_state, final64) <= FORWARD_ATOL
@@ -192,7 +228,7 @@ class SelectiveScanImplementationTests:
   @pytest.mark.parametrize("case", matrix(GRAD_CASES))
   def test_gradients_match_reference(self, case):
     inputs = make_inputs(case)
-    grads = selective_scan_gradients(inputs, self.IMPLEMENTATION)
+    grads = selective_scan_gradients(inputs, self.IMPLEMENTATION, block_sizes=self.BLOCK_SIZES)
     grads_ref = selective_scan_gradients(inputs, "reference")
     assert grads.keys() == grads_ref.keys()
     for name, grad_ref in grads_ref.items():
@@ -208,7 +244,7 @@ class SelectiveScanImplementationTests:
       if inputs[name] is not None:
         inputs[name] = np.asarray(jnp.asarray(inputs[name], jnp.bfloat16))
     # ... when the implementation runs on them ...
-    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION, self.BLOCK_SIZES)
     # ... then y is bf16 and within output rounding of the float64 recurrence on the same rounded inputs.
     y64, final64 = selective_scan_numpy(**numpy_inputs(inputs))
     assert y.dtype == jnp.bfloat16 and final_state.dtype == jnp.float32
@@ -221,9 +257,9 @@ class SelectiveScanImplementationTests:
     rng = np.random.default_rng(3)
     inputs["delta"] = rng.uniform(2.0, 8.0, size=inputs["delta"].shape).astype(np.float32)
     inputs["A"] = -rng.uniform(8.0, 16.0, size=inputs["A"].shape).astype(np.float32)
-    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION, self.BLOCK_SIZES)
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(final_state))
-    for name, grad in selective_scan_gradients(inputs, self.IMPLEMENTATION).items():
+    for name, grad in selective_scan_gradients(inputs, self.IMPLEMENTATION, block_sizes=self.BLOCK_SIZES).items():
       assert np.all(np.isfinite(grad)), name
 
   def test_optional_arguments_default(self):
@@ -231,7 +267,8 @@ class SelectiveScanImplementationTests:
     # alone is returned by default.
     inputs = make_inputs(Case(16, False, True, _DSTATE[16]))
     u, delta, A, B, C = (jnp.asarray(inputs[k]) for k in ("u", "delta", "A", "B", "C"))
-    y = pallas_kernels.selective_scan(u, delta, A, B, C, implementation=self.IMPLEMENTATION)
+    y = pallas_kernels.selective_scan(u, delta, A, B, C, implementation=self.IMPLEMENTATION,
+                                      block_sizes=self.BLOCK_SIZES)
     y_explicit = pallas_kernels.selective_scan(
         u,
         delta,
@@ -242,6 +279,7 @@ class SelectiveScanImplementationTests:
         delta_bias=jnp.zeros(D_INNER),
         initial_state=jnp.zeros(inputs["initial_state"].shape),
         implementation=self.IMPLEMENTATION,
+        block_sizes=self.BLOCK_SIZES,
     )
     assert isinstance(y, jax.Array)
     np.testing.assert_allclose(y, y_explicit, rtol=0, atol=1e-6)
@@ -249,6 +287,60 @@ class SelectiveScanImplementationTests:
 
 class TestSelectiveScanAssociative(SelectiveScanImplementationTests):
   IMPLEMENTATION = "associative"
+
+
+class TestSelectiveScanPallasGpuInterpret(SelectiveScanImplementationTests):
+  """The Triton kernels in Pallas' interpret mode, the whole matrix, with blocks small enough that d_inner = 6 is
+  padded to two channel blocks and T = 37 spans five time blocks."""
+
+  IMPLEMENTATION = "pallas_gpu_interpret"
+  BLOCK_SIZES = ScanGpuBlockSizes(block_channels=4, block_time=8)
+
+  def test_default_block_sizes(self):
+    inputs = make_inputs(Case(37, True, True, _DSTATE[37]))
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y_ref, final_ref = run_selective_scan(inputs, "reference")
+    assert max_abs_diff(y, y_ref) <= FORWARD_ATOL and max_abs_diff(final_state, final_ref) <= FORWARD_ATOL
+
+
+class TestSelectiveScanPallasTpuInterpret(SelectiveScanImplementationTests):
+  """The Mosaic kernels in TPU interpret mode with 8-step time blocks (T = 37 spans five), a subset of the matrix
+  by default (see TPU_INTERPRET_*_CASES)."""
+
+  IMPLEMENTATION = "pallas_tpu_interpret"
+  BLOCK_SIZES = ScanTpuBlockSizes(block_time=8)
+
+  @pytest.mark.parametrize("case", matrix(TPU_INTERPRET_FORWARD_CASES))
+  def test_forward_matches_reference(self, case):
+    super().test_forward_matches_reference(case)
+
+  @pytest.mark.parametrize("case", matrix(TPU_INTERPRET_FORWARD_CASES))
+  def test_forward_matches_numpy_float64(self, case):
+    super().test_forward_matches_numpy_float64(case)
+
+  @pytest.mark.parametrize("case", matrix(TPU_INTERPRET_GRAD_CASES))
+  def test_gradients_match_reference(self, case):
+    super().test_gradients_match_reference(case)
+
+  @pytest.mark.parametrize("case", [pytest.param(c, id=str(c), marks=() if i == 1 else pytest.mark.slow)
+                                    for i, c in enumerate(BF16_CASES)])
+  def test_bfloat16_matches_numpy_float64(self, case):
+    super().test_bfloat16_matches_numpy_float64(case)
+
+  @pytest.mark.slow
+  def test_optional_arguments_default(self):
+    super().test_optional_arguments_default()
+
+  @pytest.mark.slow
+  def test_gradients_finite_under_strong_decay(self):
+    super().test_gradients_finite_under_strong_decay()
+
+  @pytest.mark.slow
+  def test_default_block_sizes(self):
+    inputs = make_inputs(Case(37, True, True, _DSTATE[37]))
+    y, final_state = run_selective_scan(inputs, self.IMPLEMENTATION)
+    y_ref, final_ref = run_selective_scan(inputs, "reference")
+    assert max_abs_diff(y, y_ref) <= FORWARD_ATOL and max_abs_diff(final_state, final_ref) <= FORWARD_ATOL
 
 
 class TestSelectiveScanReference:
@@ -271,7 +363,20 @@ class TestSelectiveScanApi:
     np.testing.assert_array_equal(y_default, y_associative)
 
   def test_implementations_listed(self):
-    assert set(SELECTIVE_SCAN_IMPLEMENTATIONS) == {"reference", "associative"}
+    assert set(SELECTIVE_SCAN_IMPLEMENTATIONS) == {"reference", "associative", "pallas", "pallas_tpu", "pallas_gpu",
+                                                  "pallas_tpu_interpret", "pallas_gpu_interpret"}
+
+  @pytest.mark.parametrize("backend, expected",
+                           [("tpu", "pallas_tpu"), ("gpu", "pallas_gpu"), ("cpu", "associative")])
+  def test_default_is_the_backends_kernel(self, backend, expected):
+    resolved = common.resolve_implementation(None, available=SELECTIVE_SCAN_IMPLEMENTATIONS,
+                                             defaults=selective_scan_api._DEFAULTS, backend=backend)
+    assert resolved == expected
+
+  def test_pallas_on_cpu_names_the_interpret_variants(self):
+    inputs = make_inputs(Case(5, False, False, _DSTATE[5]))
+    with pytest.raises(ValueError, match=r"implementation='pallas'.*current backend is 'cpu'.*pallas_tpu_interpret"):
+      run_selective_scan(inputs, "pallas")
 
   def test_works_inside_jit(self):
     inputs = make_inputs(Case(5, False, False, _DSTATE[5]))
@@ -307,7 +412,23 @@ ERROR_CASES = [
     ("initial_state-shape", dict(initial_state=jnp.zeros((2, 4, 6))), r"^initial_state must have shape"),
     ("implementation-unknown", dict(implementation="chunked"), r"^implementation must be None or one of"),
     ("implementation-not-str", dict(implementation=0), r"^implementation must be None or one of"),
+    ("block_sizes-type", dict(block_sizes=(8,)), r"^block_sizes must be None, ScanTpuBlockSizes or ScanGpuBlockSizes"),
+    ("block_sizes-platform", dict(block_sizes=ScanTpuBlockSizes(), implementation="pallas_gpu_interpret"),
+     r"^block_sizes for the gpu kernel must be a ScanGpuBlockSizes"),
 ]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ScanTpuBlockSizes(block_channels=64), r"^ScanTpuBlockSizes.block_channels must be a multiple of 128"),
+    (lambda: ScanTpuBlockSizes(block_time=12), r"^ScanTpuBlockSizes.block_time must be a multiple of 8"),
+    (lambda: ScanTpuBlockSizes(block_time=-8), r"^ScanTpuBlockSizes.block_time must be a positive int"),
+    (lambda: ScanGpuBlockSizes(block_channels=48), r"^ScanGpuBlockSizes.block_channels must be a power of two"),
+    (lambda: ScanGpuBlockSizes(num_warps=0), r"^ScanGpuBlockSizes.num_warps must be a positive int"),
+], ids=["tpu-channels-not-lanes", "tpu-time-not-sublanes", "tpu-time-negative", "gpu-channels-not-pow2",
+        "gpu-warps-zero"])
+def test_invalid_block_sizes_raise_value_error(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()
 
 
 @pytest.mark.parametrize("overrides, message", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
