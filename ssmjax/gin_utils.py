@@ -7,6 +7,10 @@ build dataclasses directly). Importing this module registers, without modifying 
   ``@ssmjax.MLPConfig()``   the frozen dataclasses of ``ssmjax.config``; gin's calls return the original classes'
                             instances, so a config built from gin equals one built in Python.
   ``%ssmjax.INF``           ``float('inf')``, which has no gin literal (e.g. ``dt_limit = (0.0, %ssmjax.INF)``).
+  ``@ssmjax.train``         the training run, `ssmjax.train.train` (``configs/runs/*.gin`` bind its arguments), and
+                            its configs ``@ssmjax.TrainConfig()``, ``@ssmjax.OptimizerConfig()``,
+                            ``@ssmjax.CheckpointConfig()``, ``@ssmjax.MeshConfig()``, ``@ssmjax.DataConfig()``,
+                            ``@ssmjax.PhonebookTask()``, ``@ssmjax.MQARTask()``, ``@ssmjax.CopyingTask()``.
 
 A model gin file (``configs/models/<preset>.gin``, written by `config_to_gin`) binds the ``MODEL`` macro:
 
@@ -44,12 +48,29 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 CONFIG_CLASSES = (config_lib.ModelConfig, config_lib.Mamba1Config, config_lib.Mamba2Config,
                   config_lib.AttentionConfig, config_lib.MLPConfig)
 MODEL_MACRO = "MODEL"
+TRAIN_NAME = "train"  # @ssmjax.train: the run that train.py calls.
+OPERATIVE_CONFIG_FILE = "config.gin"
+
+
+_configured_train = None
+
+
+def _train_configurables() -> tuple:
+  from ssmjax import data as data_lib  # pylint: disable=g-import-not-at-top  # heavier imports (grain, orbax)
+  from ssmjax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  return (train_lib.TrainConfig, train_lib.OptimizerConfig, train_lib.CheckpointConfig, train_lib.MeshConfig,
+          data_lib.DataConfig, data_lib.PhonebookTask, data_lib.MQARTask, data_lib.CopyingTask)
 
 
 def _register() -> None:
   """Registers the config classes and ``%ssmjax.INF``; safe to repeat (gin accepts re-registering the same class)."""
-  for cls in CONFIG_CLASSES:
+  for cls in CONFIG_CLASSES + _train_configurables():
     gin.external_configurable(cls, module=MODULE)  # a wrapper: ``cls`` itself is left untouched.
+  from ssmjax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  global _configured_train
+  _configured_train = gin.external_configurable(train_lib.train, name=TRAIN_NAME, module=MODULE)
   try:
     gin.constant(INF, math.inf)
   except ValueError:  # already defined by an earlier import or reload of this module.
@@ -137,6 +158,20 @@ def model_config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()
   if not isinstance(model, config_lib.ModelConfig):
     raise TypeError(f"{MODEL_MACRO} must evaluate to a ModelConfig, got {type(model).__name__}: {model!r}")
   return model
+
+
+def configured_train():
+  """`ssmjax.train.train` with the parsed gin bindings of ``ssmjax.train`` applied (what ``train.py`` calls)."""
+  return _configured_train
+
+
+def write_operative_config(workdir: str) -> str:
+  """Writes gin's operative config (the bindings actually used so far) to ``<workdir>/config.gin``; its path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, OPERATIVE_CONFIG_FILE)
+  with open(path, "w") as f:
+    f.write(gin.operative_config_str())
+  return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssmjax.cache import Cursor, KVCache
 from ssmjax.config import AttentionConfig
 from ssmjax.layers.params import Inits, param
 from ssmjax.layers.rope import apply_rope
@@ -39,6 +40,50 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: s
   raise ValueError(f"attention implementation must be 'xla' or 'reference', got {implementation!r}")
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: KVCache, cursor: Cursor) -> jax.Array:
+  """Queries of the next T tokens over the cached keys plus their own; causal, blind to left padding; fp32 softmax.
+
+  q (B, T, H, K); k, v (B, T, KV, K) the new tokens' keys and values; ``cache`` (B, KV, S, K) holds the earlier tokens
+  at slots < ``cursor.index`` (later slots are ignored). Query t (slot i_t) sees slot s iff ``offsets[b] <= s <= i_t``.
+  A padded query sees nothing; its (unused) output is finite, not NaN, because masked scores are a large negative
+  number rather than -inf.
+
+  The cache is read as it was before this call and the caller writes the new keys into it afterwards, so the write
+  updates the buffer in place (reading the updated buffer instead made XLA:CPU duplicate the update and copy the
+  cache). The queries of a KV group are one (T * H/KV) block, so all products are plain batched matmuls over (B, KV).
+  """
+  batch, length, heads, head_dim = q.shape
+  kv_heads, slots = cache.k.shape[1], cache.k.shape[2]
+  per_group = heads // kv_heads
+
+  def grouped(a):  # (B, T, n, K) -> (B, KV, T * n / KV, K)
+    n = a.shape[2] // kv_heads
+    return a.reshape(batch, length, kv_heads, n, head_dim).transpose(0, 2, 1, 3, 4).reshape(
+        batch, kv_heads, length * n, head_dim)
+
+  q_bgqk = grouped(q).astype(cache.k.dtype)
+  k_new, v_new = grouped(k).astype(cache.k.dtype), grouped(v).astype(cache.v.dtype)
+  scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
+  scores_cached = jnp.einsum("bgqk,bgsk->bgqs", q_bgqk, cache.k, preferred_element_type=jnp.float32) * scale
+  scores_new = jnp.einsum("bgqk,bgsk->bgqs", q_bgqk, k_new, preferred_element_type=jnp.float32) * scale
+  slot = jnp.arange(slots, dtype=jnp.int32)
+  cached_visible_bs = (slot[None, :] >= cursor.offsets[:, None]) & (slot[None, :] < cursor.index)
+  new_slots = cursor.slots(length)
+  new_visible_bts = ((new_slots[None, None, :] >= cursor.offsets[:, None, None])
+                     & (new_slots[None, None, :] <= new_slots[None, :, None]))
+  new_visible_bqs = jnp.repeat(new_visible_bts, per_group, axis=1)  # query row t * per_group + r
+  masked = jnp.finfo(jnp.float32).min
+  scores = jnp.concatenate([jnp.where(cached_visible_bs[:, None, None, :], scores_cached, masked),
+                            jnp.where(new_visible_bqs[:, None], scores_new, masked)], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1)
+  out = (jnp.einsum("bgqs,bgsk->bgqk", probs[..., :slots].astype(cache.v.dtype), cache.v,
+                    preferred_element_type=jnp.float32)
+         + jnp.einsum("bgqs,bgsk->bgqk", probs[..., slots:].astype(v_new.dtype), v_new,
+                      preferred_element_type=jnp.float32))
+  out = out.reshape(batch, kv_heads, length, per_group, head_dim).transpose(0, 2, 1, 3, 4)
+  return out.reshape(batch, length, heads, head_dim).astype(q.dtype)
+
+
 class Attention(nn.Module):
   config: AttentionConfig
   inits: Inits
@@ -46,8 +91,12 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array | None = None, *, cache: KVCache | None = None,
+               cursor: Cursor | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """x (B, T, D) -> y; with ``cache`` and ``cursor``, x are the next T tokens -> (y, the cache with them)."""
     batch, length, d_model = x.shape
+    if (cache is None) != (cursor is None):
+      raise ValueError("Attention: pass both cache and cursor (decoding) or neither (a whole sequence)")
     cfg = self.config
     heads, kv_heads, head_dim = cfg.num_heads, cfg.resolved_kv_heads(), cfg.resolved_head_dim(d_model)
     x = x.astype(self.dtype)
@@ -63,16 +112,33 @@ class Attention(nn.Module):
 
     q, k, v = project("q_proj", heads, "heads"), project("k_proj", kv_heads, "kv_heads"), project(
         "v_proj", kv_heads, "kv_heads")
-    if positions is None:
+    if cursor is not None:
+      positions = cursor.positions(length)
+    elif positions is None:
       positions = jnp.arange(length)
     rotary_dim = cfg.rotary_dim(d_model)
     q = apply_rope(q, positions, rotary_dim, cfg.rope_theta)
     k = apply_rope(k, positions, rotary_dim, cfg.rope_theta)
-    out = causal_attention(q, k, v, cfg.implementation)
+    if cache is None:
+      out = causal_attention(q, k, v, cfg.implementation)
+    else:
+      out = cached_attention(q, k, v, cache, cursor)
+      start = (0, 0, cursor.index, 0)  # the cache is head-major: (B, KV, S, K)
+      cache = KVCache(k=jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3).astype(cache.k.dtype), start),
+                      v=jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype), start))
     o_proj = param(self, "o_proj", self.inits.residual_out(heads * head_dim, mamba=False), (heads, head_dim, d_model),
                    ("heads", "head_dim", "embed"), self.param_dtype)
     y = jnp.einsum("bthk,hkd->btd", out.astype(self.dtype), o_proj.astype(self.dtype))
     if cfg.out_bias:
       y = y + param(self, "o_proj_bias", nn.initializers.zeros, (d_model,), ("embed",),
                     self.param_dtype).astype(self.dtype)
-    return y
+    return y if cache is None else (y, cache)
+
+  def prefill(self, x: jax.Array, cache: KVCache, cursor: Cursor) -> tuple[jax.Array, KVCache]:
+    """x (B, T, D) after the tokens already in ``cache`` -> (y (B, T, D), the cache with them)."""
+    return self(x, cache=cache, cursor=cursor)
+
+  def step(self, x: jax.Array, cache: KVCache, cursor: Cursor) -> tuple[jax.Array, KVCache]:
+    """One token: x (B, D) -> (y (B, D), the new cache)."""
+    y, cache = self(x[:, None], cache=cache, cursor=cursor)
+    return y[:, 0], cache

@@ -9,6 +9,10 @@ group's slice ordered ``[z_g, x_g, B_g, C_g, dt_g]``, and the conv is (K, G, Hg*
 Heads of a group are contiguous in every layout, so z, x, y and out_proj keep the usual flat (H, P) order. Sharding
 the group axis over a tensor-parallel mesh axis (ngroups divisible by it) gives each device whole groups with their
 heads: Mamba-2 tensor parallelism without gathers. `to_group_major` / `from_group_major` convert the layouts.
+
+Decoding (SPEC §5.2, §5.3): a `Mamba2State` cache keeps the conv state in the same group-major channel order
+(B, G * (Hg*P + 2N), K) and the SSM state (B, H, P, N) in float32; prefill runs the chunked SSD from the cached state,
+one token runs `ssd_step`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pallas_kernels
+from ssmjax.cache import Cursor, Mamba2State
 from ssmjax.config import Mamba2Config
 from ssmjax.layers.conv import CausalConv1d
 from ssmjax.layers.norms import GatedRMSNorm
@@ -83,7 +88,36 @@ def a_log_init(low: float, high: float):
   return init
 
 
+def ssd_step(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, D: jax.Array | None,
+             state: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One step of the SSD recurrence (SPEC §5.3), in float32; head h reads group h // (H / G).
+
+  x (B, H, P), dt (B, H) (positive), A (H,), B and C (B, G, N), D (H,) or None, state (B, H, P, N)
+  -> (y (B, H, P) in x's dtype, new state (B, H, P, N) float32). ``S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x``.
+  """
+  batch, H, P = x.shape
+  G, N = B.shape[1], B.shape[2]
+  f32 = jnp.float32
+  x_bgrp = x.astype(f32).reshape(batch, G, H // G, P)
+  dt_bgr = dt.astype(f32).reshape(batch, G, H // G)
+  decay_bgr = jnp.exp(dt_bgr * A.astype(f32).reshape(G, H // G))
+  state_bgrpn = state.astype(f32).reshape(batch, G, H // G, P, N)
+  state_bgrpn = (state_bgrpn * decay_bgr[..., None, None]
+                 + jnp.einsum("bgr,bgrp,bgn->bgrpn", dt_bgr, x_bgrp, B.astype(f32)))
+  y_bgrp = jnp.einsum("bgrpn,bgn->bgrp", state_bgrpn, C.astype(f32))
+  if D is not None:
+    y_bgrp = y_bgrp + D.astype(f32).reshape(G, H // G)[..., None] * x_bgrp
+  return y_bgrp.reshape(batch, H, P).astype(x.dtype), state_bgrpn.reshape(batch, H, P, N)
+
+
 class Mamba2Mixer(nn.Module):
+  """``mixer(u)`` for a whole sequence; ``mixer(u, cache, cursor)`` continues from a `Mamba2State` -> (out, cache).
+
+  With a cache, T > 1 new tokens run the chunked SSD from the cached state (prefill); T = 1 runs `ssd_step`. Slots the
+  cursor marks as left padding get zero conv inputs and dt = 0, so they leave the state untouched. dt is clamped to
+  ``dt_limit`` in every path (HF skips the clamp when decoding, SPEC §10).
+  """
+
   config: Mamba2Config
   inits: Inits
   norm_eps: float = 1e-5
@@ -91,13 +125,16 @@ class Mamba2Mixer(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, u: jax.Array) -> jax.Array:
+  def __call__(self, u: jax.Array, cache: Mamba2State | None = None,
+               cursor: Cursor | None = None) -> jax.Array | tuple[jax.Array, Mamba2State]:
     cfg = self.config
     batch, length, d_model = u.shape
     H, P, G, N = cfg.resolved_nheads(d_model), cfg.headdim, cfg.ngroups, cfg.d_state
     E, Hg = H * P, H // G
     per_group = 2 * Hg * P + 2 * N + Hg
     u = u.astype(self.dtype)
+    if (cache is None) != (cursor is None):
+      raise ValueError("Mamba2Mixer: pass both cache and cursor (decoding) or neither (a whole sequence)")
 
     in_proj = param(self, "in_proj", torch_default_uniform(d_model), (d_model, G, per_group),
                     ("embed", "ssm_groups", None), self.param_dtype)
@@ -107,8 +144,15 @@ class Mamba2Mixer(nn.Module):
                               self.param_dtype).astype(self.dtype)
     z, xBC, dt = jnp.split(zxbcdt, [Hg * P, 2 * Hg * P + 2 * N], axis=-1)
 
-    xBC = jax.nn.silu(CausalConv1d(cfg.d_conv, ("ssm_groups", None), use_bias=cfg.conv_bias, dtype=self.dtype,
-                                   param_dtype=self.param_dtype, name="conv1d")(xBC))
+    conv = CausalConv1d(cfg.d_conv, ("ssm_groups", None), use_bias=cfg.conv_bias, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="conv1d")
+    if cache is None:
+      xBC = conv(xBC)
+    else:
+      valid_bt = cursor.valid(length)
+      xBC = jnp.where(valid_bt[:, :, None, None], xBC, 0)
+      xBC, conv_state = conv(xBC, state=cache.conv.reshape(batch, G, -1, cfg.d_conv))
+    xBC = jax.nn.silu(xBC)
     x, B, C = jnp.split(xBC, [Hg * P, Hg * P + N], axis=-1)  # (b, t, G, Hg*P), (b, t, G, N), (b, t, G, N)
     x = x.reshape(batch, length, H, P)
 
@@ -121,14 +165,36 @@ class Mamba2Mixer(nn.Module):
       dt = jnp.clip(dt, cfg.dt_limit[0], cfg.dt_limit[1])
     A = -jnp.exp(A_log.astype(jnp.float32))
 
-    y = pallas_kernels.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
-                           implementation=cfg.implementation)
-    y = GatedRMSNorm(cfg.resolved_norm_group_size(d_model), eps=self.norm_eps, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="norm")(y.reshape(batch, length, E), z.reshape(batch, length, E))
+    if cache is None:
+      y = pallas_kernels.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
+                             implementation=cfg.implementation)
+    else:
+      dt = jnp.where(valid_bt[:, :, None], dt, 0.0)
+      if length == 1:
+        y, ssm_state = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, cache.ssm)
+        y = y[:, None]
+      else:
+        y, ssm_state = pallas_kernels.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
+                                          initial_state=cache.ssm, return_final_state=True,
+                                          implementation=cfg.implementation)
+    norm = GatedRMSNorm(cfg.resolved_norm_group_size(d_model), eps=self.norm_eps, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="norm")
+    y = norm(y.reshape(batch, length, E), z.reshape(batch, length, E))
     out_proj = param(self, "out_proj", self.inits.residual_out(E, mamba=True), (E, d_model),
                      ("ssm_inner", "embed"), self.param_dtype)
     out = jnp.einsum("bte,ed->btd", y, out_proj.astype(self.dtype))
     if cfg.bias:
       out = out + param(self, "out_proj_bias", nn.initializers.zeros, (d_model,), ("embed",),
                         self.param_dtype).astype(self.dtype)
-    return out
+    if cache is None:
+      return out
+    return out, Mamba2State(conv=conv_state.reshape(cache.conv.shape), ssm=ssm_state)
+
+  def prefill(self, u: jax.Array, cache: Mamba2State, cursor: Cursor) -> tuple[jax.Array, Mamba2State]:
+    """u (B, T, D) after the tokens already in ``cache`` -> (out (B, T, D), cache after them)."""
+    return self(u, cache, cursor)
+
+  def step(self, u: jax.Array, cache: Mamba2State, cursor: Cursor) -> tuple[jax.Array, Mamba2State]:
+    """One token: u (B, D) -> (out (B, D), the new cache)."""
+    out, cache = self(u[:, None], cache, cursor)
+    return out[:, 0], cache

@@ -1,11 +1,17 @@
-"""Residual sub-blocks: ``h + sublayer(norm(h))`` for each symbol of the pattern (M Mamba, * attention, - MLP)."""
+"""Residual sub-blocks: ``h + sublayer(norm(h))`` for each symbol of the pattern (M Mamba, * attention, - MLP).
+
+Each block also runs on the next tokens of a cached prefix (decoding), threading its layer's cache through.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssmjax.cache import Cursor
 from ssmjax.config import ATTENTION, MAMBA, MLP, ModelConfig
 from ssmjax.layers.mlp import MLP as MLPLayer
 from ssmjax.layers.norms import make_norm
@@ -41,19 +47,31 @@ def make_sublayer(kind: str, config: ModelConfig, inits: Inits) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-  """One pre-norm residual sub-block. The residual stream is float32 when ``config.residual_in_fp32``."""
+  """One pre-norm residual sub-block. The residual stream is float32 when ``config.residual_in_fp32``.
+
+  ``block(h)`` for a whole sequence; ``block(h, cache, cursor)`` for the next tokens after a cached prefix, returning
+  ``(h, new_cache)`` (an MLP has no state: its cache is None).
+  """
 
   kind: str
   config: ModelConfig
   inits: Inits
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:
+  def __call__(self, h: jax.Array, cache: Any = None,
+               cursor: Cursor | None = None) -> jax.Array | tuple[jax.Array, Any]:
     cfg = self.config
     normed = make_norm(cfg.norm, cfg.norm_eps, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name="norm")(h)
-    out = make_sublayer(self.kind, cfg, self.inits)(normed)
+    sublayer = make_sublayer(self.kind, cfg, self.inits)
+    if cursor is None or self.kind == MLP:
+      out = sublayer(normed)
+    elif self.kind == ATTENTION:
+      out, cache = sublayer(normed, cache=cache, cursor=cursor)
+    else:
+      out, cache = sublayer(normed, cache, cursor)
     residual_dtype = jnp.float32 if cfg.residual_in_fp32 else jnp.dtype(cfg.dtype)
-    return constrain(h.astype(residual_dtype) + out.astype(residual_dtype), (BATCH, LENGTH, ACT_EMBED))
+    h = constrain(h.astype(residual_dtype) + out.astype(residual_dtype), (BATCH, LENGTH, ACT_EMBED))
+    return h if cursor is None else (h, cache)
 
 
 def block_class(config: ModelConfig) -> type[nn.Module]:
