@@ -48,10 +48,10 @@ def test_tensorboard_records_are_valid():
 
 @pytest.mark.slow
 def test_train_py_shorthand_and_operative_config(tmp_path):
-  result = subprocess.run(train_py_command(tmp_path, "--gin.NUM_STEPS=2", "--gin.LEARNING_RATE=0.005"),
+  result = subprocess.run(train_py_command(tmp_path, "--gin.NUM_STEPS=3", "--gin.LEARNING_RATE=0.005"),
                           env=subprocess_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"train checkpoints: {tmp_path}/checkpoints" in result.stdout
-  assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+  assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3]
   operative = (tmp_path / "config.gin").read_text()
-  assert "LEARNING_RATE = 0.005" in operative and "NUM_STEPS = 2" in operative, operative
+  assert "LEARNING_RATE = 0.005" in operative and "NUM_STEPS = 3" in operative, operative
