@@ -4,7 +4,7 @@
                                                      # phone-book task on the CPU in a few minutes
   python train.py --gin_file=experiments/cpu_tiny_mamba2_mqar.gin --workdir=/tmp/mqar
   python train.py --gin_file=experiments/mamba2_hybrid_8b.gin --gin.NUM_STEPS=1000 --workdir=gs://...
-  python train.py --gin_file=experiments/mamba2_hybrid_8b.gin --compile_only --topology=v5p:4x4x4
+  python train.py --gin_file=experiments/mamba2_hybrid_8b.gin --compile_only --topology=v5p:2x2x2
 
 Gin files are looked up relative to ``configs/`` (then the working directory); ``--gin_bindings`` and the shorthand
 ``--gin.NAME=VALUE`` (= ``--gin_bindings='NAME = VALUE'``) come after them. A run resumes from the checkpoints in
