@@ -94,20 +94,20 @@ def ssd_step(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Arr
 
   x (B, H, P), dt (B, H) (positive), A (H,), B and C (B, G, N), D (H,) or None, state (B, H, P, N)
   -> (y (B, H, P) in x's dtype, new state (B, H, P, N) float32). ``S = exp(dt A) S + dt x ⊗ B;  y = S · C + D x``.
+  B and C are repeated to heads first (a few KB): the update is then elementwise and the read-out one batched
+  matrix-vector product over (B, H), which XLA:CPU runs 3x faster than grouped einsums.
   """
-  batch, H, P = x.shape
-  G, N = B.shape[1], B.shape[2]
   f32 = jnp.float32
-  x_bgrp = x.astype(f32).reshape(batch, G, H // G, P)
-  dt_bgr = dt.astype(f32).reshape(batch, G, H // G)
-  decay_bgr = jnp.exp(dt_bgr * A.astype(f32).reshape(G, H // G))
-  state_bgrpn = state.astype(f32).reshape(batch, G, H // G, P, N)
-  state_bgrpn = (state_bgrpn * decay_bgr[..., None, None]
-                 + jnp.einsum("bgr,bgrp,bgn->bgrpn", dt_bgr, x_bgrp, B.astype(f32)))
-  y_bgrp = jnp.einsum("bgrpn,bgn->bgrp", state_bgrpn, C.astype(f32))
+  heads_per_group = x.shape[1] // B.shape[1]
+  B_bhn = jnp.repeat(B.astype(f32), heads_per_group, axis=1)
+  C_bhn = jnp.repeat(C.astype(f32), heads_per_group, axis=1)
+  x_bhp, dt_bh = x.astype(f32), dt.astype(f32)
+  decay_bh = jnp.exp(dt_bh * A.astype(f32))
+  state_bhpn = state.astype(f32) * decay_bh[..., None, None] + (dt_bh[..., None] * x_bhp)[..., None] * B_bhn[:, :, None]
+  y_bhp = jnp.einsum("bhpn,bhn->bhp", state_bhpn, C_bhn)
   if D is not None:
-    y_bgrp = y_bgrp + D.astype(f32).reshape(G, H // G)[..., None] * x_bgrp
-  return y_bgrp.reshape(batch, H, P).astype(x.dtype), state_bgrpn.reshape(batch, H, P, N)
+    y_bhp = y_bhp + D.astype(f32)[:, None] * x_bhp
+  return y_bhp.astype(x.dtype), state_bhpn
 
 
 class Mamba2Mixer(nn.Module):
