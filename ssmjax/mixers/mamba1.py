@@ -14,11 +14,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import pallas_kernels
 from ssmjax.cache import Cursor, Mamba1State
 from ssmjax.config import Mamba1Config
 from ssmjax.layers.conv import CausalConv1d
 from ssmjax.layers.params import Inits, param, torch_default_uniform, uniform
+from ssmjax.mixers import scans
 from ssmjax.mixers.mamba2 import dt_bias_init
 
 
@@ -97,9 +97,9 @@ class Mamba1Mixer(nn.Module):
     D = param(self, "D", nn.initializers.ones, (E,), ("ssm_inner",), self.param_dtype)
     A = -jnp.exp(A_log.astype(jnp.float32))
     if cache is None:
-      y = pallas_kernels.selective_scan(x, delta, A, B, C, D=D.astype(jnp.float32), z=z,
-                                        delta_bias=dt_proj_bias.astype(jnp.float32), delta_softplus=True,
-                                        implementation=cfg.implementation)
+      y = scans.selective_scan(x, delta, A, B, C, D=D.astype(jnp.float32), z=z,
+                               delta_bias=dt_proj_bias.astype(jnp.float32), delta_softplus=True,
+                               implementation=cfg.implementation)
     else:
       # Bias and softplus here, so that padded slots can get delta = 0 (softplus never gives 0).
       delta = jax.nn.softplus(delta.astype(jnp.float32) + dt_proj_bias.astype(jnp.float32))
@@ -108,9 +108,9 @@ class Mamba1Mixer(nn.Module):
         y, ssm_state = selective_step(x[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], cache.ssm)
         y = y[:, None]
       else:
-        y, ssm_state = pallas_kernels.selective_scan(x, delta, A, B, C, D=D.astype(jnp.float32), z=z,
-                                                     initial_state=cache.ssm, return_final_state=True,
-                                                     implementation=cfg.implementation)
+        y, ssm_state = scans.selective_scan(x, delta, A, B, C, D=D.astype(jnp.float32), z=z,
+                                               initial_state=cache.ssm, return_final_state=True,
+                                               implementation=cfg.implementation)
 
     out_proj = param(self, "out_proj", self.inits.residual_out(E, mamba=True), (E, d_model), ("ssm_inner", "embed"),
                      self.param_dtype)

@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import pallas_kernels
 from ssmjax.cache import Cursor, Mamba2State
 from ssmjax.config import Mamba2Config
 from ssmjax.layers.conv import CausalConv1d
 from ssmjax.layers.norms import GatedRMSNorm
 from ssmjax.layers.params import Inits, param, torch_default_uniform
+from ssmjax.mixers import scans
 
 
 def _segments(kind: str, d_inner: int, ngroups: int, d_state: int, nheads: int) -> list[tuple[int, int]]:
@@ -160,23 +160,26 @@ class Mamba2Mixer(nn.Module):
                     self.param_dtype)
     A_log = param(self, "A_log", a_log_init(*cfg.A_init_range), (H,), ("ssm_heads",), self.param_dtype)
     D = param(self, "D", nn.initializers.ones, (H,), ("ssm_heads",), self.param_dtype)
-    dt = jax.nn.softplus(dt.reshape(batch, length, H).astype(jnp.float32) + dt_bias.astype(jnp.float32))
-    if tuple(cfg.dt_limit) != (0.0, float("inf")):
-      dt = jnp.clip(dt, cfg.dt_limit[0], cfg.dt_limit[1])
+    dt_raw = dt.reshape(batch, length, H).astype(jnp.float32)
     A = -jnp.exp(A_log.astype(jnp.float32))
 
-    if cache is None:
-      y = pallas_kernels.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
-                             implementation=cfg.implementation)
+    if cache is None:  # dt bias, softplus and clamp fused into the scan, as mamba_ssm's chunk scan does
+      y = scans.ssd(x, dt_raw, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
+                    dt_bias=dt_bias.astype(jnp.float32), dt_softplus=True, dt_limit=tuple(cfg.dt_limit),
+                    implementation=cfg.implementation)
     else:
+      # Processed here, so that padded slots can get dt = 0 (softplus never gives 0).
+      dt = jax.nn.softplus(dt_raw + dt_bias.astype(jnp.float32))
+      if tuple(cfg.dt_limit) != (0.0, float("inf")):
+        dt = jnp.clip(dt, cfg.dt_limit[0], cfg.dt_limit[1])
       dt = jnp.where(valid_bt[:, :, None], dt, 0.0)
       if length == 1:
         y, ssm_state = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, cache.ssm)
         y = y[:, None]
       else:
-        y, ssm_state = pallas_kernels.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
-                                          initial_state=cache.ssm, return_final_state=True,
-                                          implementation=cfg.implementation)
+        y, ssm_state = scans.ssd(x, dt, A, B, C, chunk_size=cfg.chunk_size, D=D.astype(jnp.float32),
+                                 initial_state=cache.ssm, return_final_state=True,
+                                 implementation=cfg.implementation)
     norm = GatedRMSNorm(cfg.resolved_norm_group_size(d_model), eps=self.norm_eps, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="norm")
     y = norm(y.reshape(batch, length, E), z.reshape(batch, length, E))
