@@ -9,6 +9,7 @@ bytes per step of one device. ``python train.py --compile_only --topology=v5p:4x
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -41,25 +42,38 @@ def topology_devices(topology: str) -> list:
   return list(description.devices)
 
 
+def with_tpu_kernels(model: ModelConfig) -> ModelConfig:
+  """`model` with the scans a TPU backend picks by default (``implementation=None`` is "pallas" there): the Mosaic
+  kernels. Compiling from a CPU host, None would pick the jnp scans; an explicit choice is kept."""
+  updates = {}
+  for field in ("mamba1", "mamba2"):
+    mixer = getattr(model, field)
+    if mixer is not None and mixer.implementation is None:
+      updates[field] = dataclasses.replace(mixer, implementation="pallas_tpu")
+  return model.replace(**updates) if updates else model
+
+
 def compile_train_step(model: ModelConfig, data: data_lib.DataConfig, config: TrainConfig, mesh: MeshConfig,
                        topology: str) -> dict:
   """Compiles the train step for ``topology`` and returns a report (sizes in bytes, FLOPs per device per step)."""
   from ssmjax.train.loop import check_run, run_functions  # loop imports this module lazily (no import cycle).
 
   devices = topology_devices(topology)
+  model = with_tpu_kernels(model)
   mesh_obj = make_mesh(mesh, devices)
   rules = mesh.resolved_rules()
   processes = len({d.process_index for d in devices})
   check_run(model, data, config, tuple(mesh_obj.shape.values()), rules, processes, check_data=False)
   fns = run_functions(model, config.optimizer, config.optimizer.decay_steps or config.num_steps,
-                      config.grad_accum_steps, mesh_obj, rules)
-  with mesh_obj, nn.logical_axis_rules(list(rules)):
+                      config.grad_accum_steps, mesh_obj, rules, config.loss_chunk_size)
+  with jax.set_mesh(mesh_obj), nn.logical_axis_rules(list(rules)):
     shape = (data.global_batch_size, data.seq_len)
     batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=fns.batch_sharding),
              "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=fns.batch_sharding),
              "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=fns.batch_sharding)}
     start = time.perf_counter()
-    compiled = fns.step.lower(fns.abstract_state, batch).compile()
+    lowered = fns.step.lower(fns.abstract_state, batch)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -73,6 +87,7 @@ def compile_train_step(model: ModelConfig, data: data_lib.DataConfig, config: Tr
       "topology": topology, "device_kind": devices[0].device_kind, "num_devices": len(devices),
       "num_hosts": processes, "mesh": dict(mesh_obj.shape), "global_batch_size": data.global_batch_size,
       "seq_len": data.seq_len, "grad_accum_steps": config.grad_accum_steps, "compile_seconds": compile_s,
+      "mosaic_kernel_calls": lowered.as_text().count("tpu_custom_call"),  # Pallas kernels in the program
       "memory_per_device": {**sizes, "peak_estimate": peak},
       "cost_per_device": {"flops": float(cost.get("flops", float("nan"))),
                           "bytes_accessed": float(cost.get("bytes accessed", float("nan")))},
@@ -86,7 +101,8 @@ def format_report(report: dict) -> str:
   mesh = ", ".join(f"{k}={v}" for k, v in report["mesh"].items())
   lines = [f"compiled the train step for {report['topology']} ({report['num_devices']} x {report['device_kind']}, "
            f"{report['num_hosts']} hosts) in {report['compile_seconds']:.1f}s; mesh ({mesh}), global batch "
-           f"{report['global_batch_size']} x {report['seq_len']} tokens, {report['grad_accum_steps']} micro-batch(es)",
+           f"{report['global_batch_size']} x {report['seq_len']} tokens, {report['grad_accum_steps']} micro-batch(es), "
+           f"{report['mosaic_kernel_calls']} Pallas (Mosaic) kernel calls",
            "memory per device (XLA memory analysis):"]
   for name in ("argument", "output", "alias", "temp", "generated_code", "peak_estimate"):
     lines.append(f"  {name:<16}{memory[name] / GIB:10.3f} GiB")
