@@ -16,6 +16,11 @@ Where each reference comes from (stated per case in ``reference.npz["reference"]
   is an independent float64 NumPy forward pass written here from ``mamba_ssm``'s ``MixerModel``, ``Block``,
   ``GatedMLP`` and ``MHA`` source; it reuses the Mamba mixer functions of ``make_hf_fixtures.py`` that match HF to
   3e-6, and `main` checks it against the HF models on the first two cases too.
+* state-spaces ``mamba2attn_conv`` (``mamba2attn-2.7b``'s attn_cfg in miniature: MHA whose q|k|v pass through a
+  causal depthwise conv of width 4) and ``mamba2attn_conv_gqa`` (the conv with GQA, biases and GatedMLPs): the same
+  NumPy forward with the attention layers in float64 PyTorch (`mha_torch_forward`, ``nn.Conv1d`` and
+  ``F.scaled_dot_product_attention`` as ``mamba_ssm/modules/mha.py`` uses them), which reproduces the NumPy MHA on
+  ``mamba2attn`` to 4e-15.
 * Megatron ``hybrid`` / ``hybrid_tp2`` (pattern ``M-M*-M``, GQA attention without position encoding, GELU MLPs):
   HF ``NemotronHForCausalLM`` on the same weights (SPEC §6.4). NemotronH clamps dt >= ``time_step_min`` (1e-3) and
   Megatron does not, so ``logits_T*`` come from the stock NemotronH (compare with ``mamba2.dt_limit = (1e-3, inf)``)
@@ -159,17 +164,74 @@ def _mha(u, p, attn):
   return ctx @ p["out_proj.weight"].T + p.get("out_proj.bias", 0.0)
 
 
-def ss_numpy_forward(cfg, w, ids):
-  """MambaLMHeadModel's forward (fused add+norm is the same function as pre-norm) in float64 NumPy."""
+def _rotary_torch(x, rotary_dim, base):
+  """flash_attn's ``RotaryEmbedding(rotary_dim, base, interleaved=False)`` at positions 0..L-1, x [B, L, H, P]."""
+  import torch
+
+  if rotary_dim == 0:
+    return x
+  inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim)
+  freqs = torch.outer(torch.arange(x.shape[1], dtype=torch.float64), inv_freq)  # [L, rotary_dim / 2]
+  cos = torch.cat([freqs.cos(), freqs.cos()], -1)[None, :, None]
+  sin = torch.cat([freqs.sin(), freqs.sin()], -1)[None, :, None]
+  rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+  first, second = rot.chunk(2, dim=-1)
+  return torch.cat([rot * cos + torch.cat([-second, first], -1) * sin, rest], -1)
+
+
+def mha_torch_forward(u, p, attn):
+  """mamba_ssm ``MHA.forward`` without a cache (mlp_dim 0), in float64 PyTorch on the state-spaces tensors ``p``.
+
+  in_proj (rows [q, k, v]); with ``d_conv`` = W > 0 a depthwise ``nn.Conv1d(qkv, qkv, W, padding=W-1, groups=qkv)``
+  with bias over the q|k|v channels, keeping the first L outputs (no activation); heads; rotary on q and k; kv heads
+  repeated (``repeat_interleave``); ``F.scaled_dot_product_attention(is_causal=True)``; out_proj. Written from the
+  semantics of ``mamba_ssm/modules/mha.py`` (its non-``causal_conv1d`` fallback), independently of ssmjax.
+  """
+  import torch
+  import torch.nn.functional as F
+
+  def tensor(name):
+    return torch.from_numpy(np.asarray(p[name], np.float64)) if name in p else None
+
+  B, L, d = u.shape
+  H = attn["num_heads"]
+  KV = attn.get("num_heads_kv") or H
+  P = attn.get("head_dim") or d // H
+  W, qkv_dim = attn.get("d_conv", 0), (H + 2 * KV) * P
+  with torch.no_grad():
+    qkv = F.linear(torch.from_numpy(np.asarray(u, np.float64)), tensor("in_proj.weight"), tensor("in_proj.bias"))
+    if W > 0:
+      conv = torch.nn.Conv1d(qkv_dim, qkv_dim, W, padding=W - 1, groups=qkv_dim, dtype=torch.float64)
+      conv.weight.copy_(tensor("conv1d.weight"))
+      conv.bias.copy_(tensor("conv1d.bias"))
+      qkv = conv(qkv.transpose(1, 2))[..., :L].transpose(1, 2)
+    q, kv = qkv.split([H * P, 2 * KV * P], dim=-1)
+    q, kv = q.reshape(B, L, H, P), kv.reshape(B, L, 2, KV, P)
+    rotary_dim, base = attn.get("rotary_emb_dim", 0), attn.get("rotary_emb_base", 10000.0)
+    q, k, v = _rotary_torch(q, rotary_dim, base), _rotary_torch(kv[:, :, 0], rotary_dim, base), kv[:, :, 1]
+    k, v = k.repeat_interleave(H // KV, dim=2), v.repeat_interleave(H // KV, dim=2)
+    context = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                             scale=attn.get("softmax_scale")).transpose(1, 2)
+    out = F.linear(context.reshape(B, L, H * P), tensor("out_proj.weight"), tensor("out_proj.bias"))
+  return out.numpy()
+
+
+def ss_numpy_forward(cfg, w, ids, mha=None):
+  """MambaLMHeadModel's forward (fused add+norm is the same function as pre-norm) in float64 NumPy.
+
+  Attention layers use ``mha`` (default: the NumPy `_mha` without a q|k|v conv, `mha_torch_forward` with one).
+  """
   ssm = dict(cfg.get("ssm_cfg", {}))
   d = cfg["d_model"]
+  if mha is None:
+    mha = mha_torch_forward if cfg.get("attn_cfg", {}).get("d_conv", 0) else _mha
   h = w["backbone.embedding.weight"][ids]
   for i in range(cfg["n_layer"]):
     pre = f"backbone.layers.{i}."
     u = _ss_norm(h, w, pre + "norm.")
     p = hf_fixtures._sub(w, pre + "mixer.")
     if i in cfg.get("attn_layer_idx", []):
-      y = _mha(u, p, cfg["attn_cfg"])
+      y = mha(u, p, cfg["attn_cfg"])
     elif ssm.get("layer") == "Mamba2":
       lim = ssm.get("dt_limit")
       y = hf_fixtures._mamba2_mixer(u, p, nheads=ssm.get("expand", 2) * d // ssm["headdim"], headdim=ssm["headdim"],
@@ -219,12 +281,18 @@ def _random_ss_weights(cfg, seed):
     pre = f"backbone.layers.{i}."
     shapes.update({f"{pre}norm.{n}": (d,) for n in norm})
     if i in cfg.get("attn_layer_idx", []):
-      H, KV, P = attn["num_heads"], attn["num_heads_kv"], attn["head_dim"]
-      qkv = (H + 2 * KV) * P
-      shapes.update({pre + "mixer.in_proj.weight": (qkv, d), pre + "mixer.in_proj.bias": (qkv,),
-                     pre + "mixer.out_proj.weight": (d, H * P), pre + "mixer.out_proj.bias": (d,)})
+      H, P, W = attn["num_heads"], attn["head_dim"], attn.get("d_conv", 0)
+      qkv = (H + 2 * (attn.get("num_heads_kv") or H)) * P
+      shapes[pre + "mixer.in_proj.weight"] = (qkv, d)
+      if attn.get("qkv_proj_bias", True):
+        shapes[pre + "mixer.in_proj.bias"] = (qkv,)
+      if W:
+        shapes.update({pre + "mixer.conv1d.weight": (qkv, 1, W), pre + "mixer.conv1d.bias": (qkv,)})
+      shapes[pre + "mixer.out_proj.weight"] = (d, H * P)
+      if attn.get("out_proj_bias", True):
+        shapes[pre + "mixer.out_proj.bias"] = (d,)
     elif ssm["layer"] == "Mamba2":
-      E, G, N = ssm["expand"] * d, ssm["ngroups"], ssm["d_state"]
+      E, G, N = ssm.get("expand", 2) * d, ssm.get("ngroups", 1), ssm["d_state"]
       H, C = E // ssm["headdim"], E + 2 * G * N
       shapes.update({pre + "mixer.in_proj.weight": (2 * E + 2 * G * N + H, d), pre + "mixer.conv1d.weight": (C, 1, 4),
                      pre + "mixer.conv1d.bias": (C,), pre + "mixer.dt_bias": (H,), pre + "mixer.A_log": (H,),
@@ -289,6 +357,22 @@ def make_state_spaces(out_dir):
                                           d_intermediate=20, rms_norm=False,
                                           ssm_cfg={"layer": "Mamba1", "d_state": 8, "d_conv": 4, "expand": 2,
                                                    "dt_rank": 4})),
+      # mamba2attn-2.7b's config.json in miniature: the same attn_cfg fields (MHA, H * head_dim != d_model, q|k|v conv
+      # of width 4, no biases, RoPE on half of each head), Mamba-2 defaults, no MLP, tied, vocab padded to 16.
+      "mamba2attn_conv": (1105, dict(base, d_model=32, n_layer=4, vocab_size=77, pad_vocab_size_multiple=16,
+                                     attn_layer_idx=[1, 3],
+                                     ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 8, "chunk_size": 8},
+                                     attn_cfg={"causal": True, "d_conv": 4, "head_dim": 16, "num_heads": 3,
+                                               "out_proj_bias": False, "qkv_proj_bias": False,
+                                               "rotary_emb_dim": 8})),
+      # The q|k|v conv with GQA (q and k/v blocks of different sizes), projection biases and a GatedMLP.
+      "mamba2attn_conv_gqa": (1106, dict(base, d_model=32, n_layer=2, vocab_size=40, pad_vocab_size_multiple=8,
+                                         d_intermediate=40, attn_layer_idx=[1], tie_embeddings=False,
+                                         ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 8, "ngroups": 2,
+                                                  "chunk_size": 8},
+                                         attn_cfg={"causal": True, "d_conv": 3, "head_dim": 8, "num_heads": 4,
+                                                   "num_heads_kv": 2, "rotary_emb_dim": 4,
+                                                   "rotary_emb_base": 500.0})),
   }
   for name, (seed, cfg) in numpy_cases.items():
     weights = _random_ss_weights(cfg, seed)
@@ -296,9 +380,15 @@ def make_state_spaces(out_dir):
     logits = {T: ss_numpy_forward(cfg, weights, ids.astype(np.int64)) for T, ids in inputs.items()}
     directory = os.path.join(out_dir, name)
     _write_state_spaces(directory, cfg, weights)
-    _save_reference(directory, inputs, logits, "float64 NumPy forward pass of mamba_ssm's modules "
-                                               "(scripts/make_convert_fixtures.py)")
+    conv = cfg.get("attn_cfg", {}).get("d_conv", 0)
+    _save_reference(directory, inputs, logits, "float64 NumPy forward pass of mamba_ssm's modules" +
+                    (", attention layers in float64 PyTorch (mha_torch_forward)" if conv else "") +
+                    " (scripts/make_convert_fixtures.py)")
     print(f"state-spaces {name:22s} logits std {logits[SEQ_LENS[-1]].std():.3f}")
+    if cfg["attn_layer_idx"] and not conv:  # the two MHA references agree where both apply
+      torch_logits = {T: ss_numpy_forward(cfg, weights, ids.astype(np.int64), mha=mha_torch_forward)
+                      for T, ids in inputs.items()}
+      print(f"state-spaces {name:22s} PyTorch MHA reference vs NumPy: {_max_diff(torch_logits, logits):.1e}")
 
 
 # ----------------------------------------------------------------------------

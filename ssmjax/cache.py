@@ -10,6 +10,9 @@ One entry per symbol of ``ModelConfig.pattern``:
                  slots; slot s holds the token at padded position s. Head-major (HF's layout) rather than
                  Megatron's sequence-major: the decode-step products are then plain batched matmuls (on XLA:CPU the
                  sequence-major layout made one attention step 20x slower).
+  ``*`` + conv   `ConvKVCache` (attention with ``attention.d_conv > 0``, mamba_ssm's MHA): the `KVCache` plus ``conv``
+                 (B, (H + 2 KV) * head_dim, K) in the compute dtype, the last K pre-conv q|k|v inputs, oldest first,
+                 channels ``[q, k, v]`` head-major (mamba_ssm's layout).
   ``-``          ``None`` (an MLP keeps no state).
 
 `Cursor` says where the next tokens go. Prompts of different lengths are **left-padded** to a common length: sequence
@@ -80,6 +83,18 @@ class KVCache:
 
 
 @flax.struct.dataclass
+class ConvKVCache(KVCache):
+  conv: jax.Array  # (B, (H + 2 KV) * head_dim, K): pre-conv q|k|v inputs
+
+  @staticmethod
+  def logical_axes() -> "ConvKVCache":
+    spec = PartitionSpec(CACHE_BATCH, sharding.KV_HEADS, CACHE_LENGTH, sharding.HEAD_DIM)
+    # The q|k|v channel axis mixes query and kv heads, so no split of it lines up with the heads: replicated (the
+    # state is K * qkv_dim values per sequence, small next to the keys and values).
+    return ConvKVCache(k=spec, v=spec, conv=PartitionSpec(CACHE_BATCH, None, sharding.CONV_KERNEL))
+
+
+@flax.struct.dataclass
 class Cursor:
   """``index`` () int32: slots filled so far (the slot of the next token); ``offsets`` (B,) int32: left padding."""
 
@@ -123,7 +138,7 @@ class ModelCache:
 
 
 def init_layer_cache(kind: str, config: ModelConfig, batch: int,
-                     max_len: int) -> Mamba1State | Mamba2State | KVCache | None:
+                     max_len: int) -> Mamba1State | Mamba2State | KVCache | ConvKVCache | None:
   """The zero state of one layer of ``kind`` (a pattern symbol) for ``batch`` sequences of up to ``max_len`` tokens."""
   dtype, d_model = jnp.dtype(config.dtype), config.d_model
   if kind == MAMBA and config.mamba_version == 2:
@@ -137,6 +152,9 @@ def init_layer_cache(kind: str, config: ModelConfig, batch: int,
   if kind == ATTENTION:
     a = config.attention
     shape = (batch, a.resolved_kv_heads(), max_len, a.resolved_head_dim(d_model))
+    if a.d_conv:
+      return ConvKVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                         conv=jnp.zeros((batch, a.qkv_dim(d_model), a.d_conv), dtype))
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
   if kind == MLP:
     return None

@@ -98,6 +98,9 @@ class AttentionConfig:
   rope_theta: float = 10000.0
   qkv_bias: bool = False
   out_bias: bool = False
+  # Width K of a causal depthwise conv (with bias, no activation) over the q, k and v projections before RoPE, as
+  # mamba_ssm's MHA with attn_cfg d_conv > 0 (``mamba2attn-2.7b``); 0: no conv.
+  d_conv: int = 0
   implementation: Literal["xla", "reference"] = "xla"  # jax.nn.dot_product_attention, or naive softmax(QK^T)V.
 
   def resolved_kv_heads(self) -> int:
@@ -108,6 +111,10 @@ class AttentionConfig:
 
   def rotary_dim(self, d_model: int) -> int:
     return int(round(self.resolved_head_dim(d_model) * self.rotary_fraction))
+
+  def qkv_dim(self, d_model: int) -> int:
+    """Channels of q, k and v together: (H + 2 KV) * head_dim (the q|k|v conv's channels)."""
+    return (self.num_heads + 2 * self.resolved_kv_heads()) * self.resolved_head_dim(d_model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +181,8 @@ class ModelConfig:
              f"attention.num_heads ({a.num_heads}) must divide d_model ({self.d_model}) unless head_dim is set")
       _check(0.0 <= a.rotary_fraction <= 1.0 and self.attention.rotary_dim(self.d_model) % 2 == 0,
              f"attention.rotary_fraction ({a.rotary_fraction}) must give an even rotary dim in [0, head_dim]")
+      _check(isinstance(a.d_conv, int) and a.d_conv >= 0,
+             f"attention.d_conv must be a non-negative integer (0: no q|k|v conv), got {a.d_conv!r}")
     if MLP in self.pattern:
       _check(self.mlp.activation in ("gelu", "squared_relu", "swiglu"),
              f"mlp.activation must be 'gelu', 'squared_relu' or 'swiglu', got {self.mlp.activation!r}")

@@ -6,9 +6,10 @@
    padding, which the mixers ignore (see `ssmjax.cache`), so every sequence decodes as it would alone.
 2. One prefill pass over the padded prompts fills every cache (chunked SSD / scan final states, the last conv inputs,
    the keys and values) and gives the logits of each prompt's last token.
-3. A ``lax.while_loop`` samples a token from the current logits, records it, and runs one `LanguageModel.step`. It
-   stops after ``max_new_tokens`` or when every sequence has produced ``eos_id``; a finished sequence keeps emitting
-   ``eos_id`` while the others continue.
+3. A ``lax.while_loop`` samples a token from the current logits, records it, and runs one `LanguageModel.step`, for
+   every token but the last, which is drawn after the loop (no step need follow it). Generation stops after
+   ``max_new_tokens`` or when every sequence has produced ``eos_id``; a finished sequence keeps emitting ``eos_id``
+   while the others continue.
 
 Sampling (`sample_logits`): greedy argmax at ``temperature == 0``; otherwise logits / temperature, then top-k, then
 top-p (nucleus) filtering, then a categorical draw with the key ``fold_in(PRNGKey(seed), step)``: the same seed and
@@ -21,9 +22,11 @@ loop stays one compiled program; the price is one host round trip per step, paid
 rule and chunk-size tuning; a callback costs well under a millisecond per token, small next to a step.)
 `TextStreamer` and `generate_text` build text streaming for a tokenizer on top.
 
-Inside the loop every cache is updated in place (checked on the compiled XLA:CPU program: no cache-sized copies).
-A step jitted on its own with a donated cache is different: there XLA:CPU copies each KV cache per call unless
-``XLA_FLAGS=--xla_cpu_copy_insertion_use_region_analysis=true`` is set before JAX starts.
+Copies (checked on the compiled XLA:CPU programs): the Mamba states are updated in place inside the loop. The KV
+caches are too only with ``XLA_FLAGS=--xla_cpu_copy_insertion_use_region_analysis=true`` set before JAX starts;
+without it XLA:CPU's copy insertion cannot prove that an attention step reads the cache before writing the new keys
+into it, and copies every KV cache on every step (1.7x the per-token time of a 130M Transformer at 1K, 2.8x at 4K).
+The same holds for a step jitted on its own with a donated cache. ``benchmarks/decode.py`` sets the flag.
 """
 
 from __future__ import annotations
@@ -83,8 +86,12 @@ def sample_logits(logits: jax.Array, key: jax.Array, settings: SamplingSettings)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def left_pad(prompt_ids: Any, vocab_size: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """A (B, T) int array or a sequence of token sequences -> (ids (B, T_max) left-padded, offsets (B,) int32)."""
+def left_pad(prompt_ids: Any, vocab_size: int, pad_id: int = 0,
+             pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """A (B, T) int array or a sequence of token sequences -> (ids (B, T_max) left-padded, offsets (B,) int32).
+
+  ``pad_to``: pad to this length instead of the longest prompt's (it must be at least that long).
+  """
   if isinstance(prompt_ids, (np.ndarray, jax.Array)) and np.ndim(prompt_ids) == 2:
     prompts = list(np.asarray(prompt_ids))
   elif isinstance(prompt_ids, Sequence) and not isinstance(prompt_ids, str) and len(prompt_ids) > 0:
@@ -100,6 +107,10 @@ def left_pad(prompt_ids: Any, vocab_size: int, pad_id: int = 0) -> tuple[np.ndar
     if p.min() < 0 or p.max() >= vocab_size:
       raise ValueError(f"prompt_ids[{i}] has ids outside [0, vocab_size={vocab_size}): min {p.min()}, max {p.max()}")
   longest = max(p.size for p in prompts)
+  if pad_to is not None:
+    if isinstance(pad_to, bool) or int(pad_to) != pad_to or pad_to < longest:
+      raise ValueError(f"pad_to must be an int >= the longest prompt ({longest} tokens), got {pad_to!r}")
+    longest = int(pad_to)
   ids = np.full((len(prompts), longest), pad_id, np.int32)
   offsets = np.array([longest - p.size for p in prompts], np.int32)
   for row, (p, offset) in enumerate(zip(prompts, offsets)):
@@ -120,8 +131,8 @@ def decode(config: ModelConfig, params: Any, cache: ModelCache, logits: jax.Arra
   batch, vocab = logits.shape
   no_eos = -1 if eos_id is None else eos_id
 
-  def sample_step(carry):
-    i, cur_logits, cache, tokens, done, lengths, logit_buf = carry
+  def draw(i, cur_logits, tokens, done, lengths, logit_buf):
+    """Token ``i`` of every sequence from ``cur_logits``: sample, record, stream."""
     token = sample_logits(cur_logits, jax.random.fold_in(key, i), settings)
     token = jnp.where(done, no_eos, token)
     active = ~done
@@ -132,21 +143,29 @@ def decode(config: ModelConfig, params: Any, cache: ModelCache, logits: jax.Arra
     done = done | (token == no_eos)
     if on_step is not None:
       jax.debug.callback(on_step, i, token, active, ordered=True)
-    more = (i + 1 < max_new_tokens) & ~jnp.all(done)
-    # Skip the step after the last token is drawn: its logits would never be used.
-    cur_logits, cache = jax.lax.cond(
-        more, lambda c: model.apply({"params": params}, token, c, method=LanguageModel.step),
-        lambda c: (cur_logits, c), cache)
+    return token, tokens, done, lengths, logit_buf
+
+  def draw_and_step(carry):
+    i, cur_logits, cache, tokens, done, lengths, logit_buf = carry
+    token, tokens, done, lengths, logit_buf = draw(i, cur_logits, tokens, done, lengths, logit_buf)
+    cur_logits, cache = model.apply({"params": params}, token, cache, method=LanguageModel.step)
     return i + 1, cur_logits, cache, tokens, done, lengths, logit_buf
 
   def keep_going(carry):
     i, _, _, _, done, _, _ = carry
-    return (i < max_new_tokens) & ~jnp.all(done)
+    return (i < max_new_tokens - 1) & ~jnp.all(done)
 
+  # The loop draws every token but the last and steps after each; the last is drawn after the loop, as no step need
+  # follow it. (A step under `lax.cond` inside the loop, to skip it after the last token, made XLA:CPU copy every
+  # KV cache on every step.)
   tokens = jnp.full((batch, max_new_tokens), no_eos, jnp.int32)
   logit_buf = jnp.zeros((batch, max_new_tokens, vocab), jnp.float32) if return_logits else None
   carry = (jnp.int32(0), logits, cache, tokens, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32), logit_buf)
-  _, _, cache, tokens, _, lengths, logit_buf = jax.lax.while_loop(keep_going, sample_step, carry)
+  i, logits, cache, tokens, done, lengths, logit_buf = jax.lax.while_loop(keep_going, draw_and_step, carry)
+  # Unless every sequence has already stopped (then the draw would only stream a step of finished sequences).
+  _, tokens, _, lengths, logit_buf = jax.lax.cond(
+      jnp.all(done), lambda *a: (jnp.full((batch,), no_eos, jnp.int32),) + a[2:], lambda *a: draw(*a),
+      i, logits, tokens, done, lengths, logit_buf)
   return GenerateOutput(tokens=tokens, lengths=lengths, logits=logit_buf), cache
 
 
@@ -163,7 +182,8 @@ def _generate(params, ids, offsets, seed, *, config, max_new_tokens, settings, e
 
 def generate(config: ModelConfig, params: Any, prompt_ids: Any, max_new_tokens: int, *, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None, seed: int = 0,
-             return_logits: bool = False, on_step: Callable[..., None] | None = None) -> GenerateOutput:
+             return_logits: bool = False, on_step: Callable[..., None] | None = None,
+             pad_to: int | None = None) -> GenerateOutput:
   """Generate ``max_new_tokens`` tokens after each prompt, in one compiled function (see the module docstring).
 
   Args:
@@ -175,6 +195,8 @@ def generate(config: ModelConfig, params: Any, prompt_ids: Any, max_new_tokens: 
     seed: the sampling seed.
     return_logits: also return the logits each token was drawn from.
     on_step: optional host callback ``(step, tokens (B,), active (B,))`` called as tokens are made (streaming).
+    pad_to: left-pad the prompts to this length (>= the longest prompt) rather than to the longest prompt: one
+      compiled program serves every batch whose prompts fit (e.g. lengths bucketed to powers of two).
 
   Returns:
     `GenerateOutput` (tokens (B, max_new_tokens), lengths (B,), logits or None).
@@ -184,7 +206,7 @@ def generate(config: ModelConfig, params: Any, prompt_ids: Any, max_new_tokens: 
   if eos_id is not None and not 0 <= eos_id < config.vocab_size:
     raise ValueError(f"eos_id must be in [0, vocab_size={config.vocab_size}) or None, got {eos_id}")
   settings = SamplingSettings(float(temperature), top_k, top_p)
-  ids, offsets = left_pad(prompt_ids, config.vocab_size)
+  ids, offsets = left_pad(prompt_ids, config.vocab_size, pad_to=pad_to)
   return _generate(params, jnp.asarray(ids), jnp.asarray(offsets), jnp.uint32(seed), config=config,
                    max_new_tokens=int(max_new_tokens), settings=settings, eos_id=eos_id,
                    return_logits=bool(return_logits), on_step=on_step)

@@ -2,7 +2,9 @@
 
 Every parameter is created with a tuple of logical names (``nn.with_logical_partitioning``) and the main activations
 are constrained by name (`constrain`). Which mesh axis a name lands on is config, not code: `DEFAULT_RULES` maps the
-names onto the ``("data", "fsdp", "tensor")`` mesh; pass other rules to ``nn.logical_axis_rules`` to change it.
+names onto the ``("data", "fsdp", "context", "tensor")`` mesh; pass other rules to ``nn.logical_axis_rules`` to change
+it. The ``context`` axis splits the sequence (``activation_length``): context parallelism, which the mixers run with
+the sequence-parallel scans, conv and attention of `ssmjax.context_parallel` when it has more than one device.
 
 `MeshConfig` is a run's mesh shape (with -1 auto-fill over the devices of all hosts) and its rules; `make_mesh` builds
 the mesh, `logical_to_sharding` turns logical specs into shardings and `check_divisible` names any array the mesh
@@ -39,9 +41,12 @@ LENGTH = "activation_length"
 ACT_EMBED = "activation_embed"
 ACT_VOCAB = "activation_vocab"
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# Mesh axes, outermost first: tensor parallelism (the most communication) innermost, context next to it.
+CONTEXT = "context"
+MESH_AXES = ("data", "fsdp", CONTEXT, "tensor")
 
 # One rule per logical name. Parameters: FSDP shards d_model, tensor parallelism shards heads / channels / vocab.
+# Activations: the batch over data x fsdp, the sequence over context (a no-op while the context axis has size 1).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (VOCAB, "tensor"),
     (EMBED, "fsdp"),
@@ -55,7 +60,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (SSM_STATE, None),
     (CONV_KERNEL, None),
     (BATCH, ("data", "fsdp")),
-    (LENGTH, None),
+    (LENGTH, CONTEXT),
     (ACT_EMBED, None),
     (ACT_VOCAB, "tensor"),
 )
@@ -74,11 +79,14 @@ LOGICAL_NAMES = tuple(name for name, _ in DEFAULT_RULES)
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """The device mesh ``(data, fsdp, tensor)`` and the logical-axis rules of a run.
+  """The device mesh ``(data, fsdp, context, tensor)`` and the logical-axis rules of a run.
 
   ``data``: pure data parallelism (parameters replicated); ``fsdp``: data parallelism with parameters and optimizer
-  state sharded over d_model (``embed``); ``tensor``: tensor parallelism over heads / groups / channels / vocab. The
-  batch is split over ``data x fsdp``. One axis may be -1: it takes all the devices the others leave, over all hosts.
+  state sharded over d_model (``embed``); ``context``: context (sequence) parallelism, each device holding a contiguous
+  part of every sequence (parameters replicated over it); ``tensor``: tensor parallelism over heads / groups / channels
+  / vocab. The batch is split over ``data x fsdp``, its length over ``context``. One axis may be -1: it takes all the
+  devices the others leave, over all hosts. ``context`` is a keyword after ``tensor``, so that ``MeshConfig(d, f, t)``
+  keeps its meaning.
   ``rule_overrides`` replaces the mesh axes of some logical names of `DEFAULT_RULES`, e.g.
   ``(("embed", None),)`` to keep d_model unsharded; ``rules`` (all of them) replaces the defaults entirely.
   """
@@ -86,12 +94,14 @@ class MeshConfig:
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  context: int = 1
   rule_overrides: tuple[tuple[str, Any], ...] = ()
   rules: tuple[tuple[str, Any], ...] | None = None
 
   @property
-  def shape(self) -> tuple[int, int, int]:
-    return (self.data, self.fsdp, self.tensor)
+  def shape(self) -> tuple[int, int, int, int]:
+    """The sizes in `MESH_AXES` order: (data, fsdp, context, tensor)."""
+    return (self.data, self.fsdp, self.context, self.tensor)
 
   def resolved_rules(self) -> tuple[tuple[str, Any], ...]:
     """The rules in force: ``rules`` or the defaults, with ``rule_overrides`` applied; validated."""
@@ -143,7 +153,7 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
-  """The ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices of all processes).
+  """The ``(data, fsdp, context, tensor)`` mesh over ``devices`` (default: all devices of all processes).
 
   ``mesh_utils.create_device_mesh`` orders devices by the physical topology on TPUs (and works for the abstract
   devices of `jax.experimental.topologies`); elsewhere devices keep their order, which puts each process's devices
@@ -158,9 +168,11 @@ def make_mesh(config: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
   return Mesh(device_grid, MESH_AXES)
 
 
-def batch_spec() -> PartitionSpec:
-  """The batch of a train step, (batch, length): batch over ``data x fsdp``, as the ``activation_batch`` rule."""
-  return PartitionSpec(("data", "fsdp"), None)
+def batch_spec(shard_length: bool = True) -> PartitionSpec:
+  """The batch of a train step, (batch, length): batch over ``data x fsdp`` and length over ``context``, as the
+  ``activation_batch`` and ``activation_length`` rules (``shard_length=False``: the length unsplit, for inputs whose
+  length the context axis may not divide)."""
+  return PartitionSpec(("data", "fsdp"), CONTEXT if shard_length else None)
 
 
 def logical_to_sharding(specs: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:

@@ -44,7 +44,7 @@ def test_mesh_that_does_not_match_the_devices_is_an_error(shape, devices, match)
 
 def test_make_mesh_uses_all_devices_with_fill():
   mesh = make_mesh(MeshConfig(data=2, fsdp=-1, tensor=2))
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
   assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in jax.devices())
   with pytest.raises(ValueError, match="does not match the device count"):
     make_mesh(MeshConfig(data=3, fsdp=-1))

@@ -48,6 +48,8 @@ def _problems(config: ModelConfig, model_type: str) -> list[str]:
   """Every way ``config`` differs from what ``model_type`` computes (empty: exportable)."""
   problems, d = [], config.d_model
   has = lambda kind: kind in config.pattern  # noqa: E731
+  if has("*") and config.attention.d_conv:
+    problems.append(f"attention.d_conv {config.attention.d_conv} (no HF attention has mamba_ssm's conv over q|k|v)")
   if model_type in ("mamba", "mamba2", "nemotron_h") and config.norm != "rmsnorm":
     problems.append(f"norm {config.norm!r} (HF {model_type} uses RMSNorm)")
   if model_type in ("mamba2", "nemotron_h") and has("M"):

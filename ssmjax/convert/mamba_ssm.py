@@ -12,10 +12,13 @@ In ssmjax a block with an MLP is two sub-blocks, so block i becomes ``layers_{2i
 (MLP), as `state_spaces_pattern` lays them out.
 
 ``MHA`` (``mamba_ssm/modules/mha.py``): ``in_proj`` rows ``[q (H*P), k (KV*P), v (KV*P)]`` (+ an optional fused
-MLP part, ``mlp_dim``), optional depthwise causal conv over q|k|v (``d_conv``), RoPE on the first ``rotary_emb_dim``
-dims of each head (non-interleaved by default), causal softmax attention, ``out_proj``. Biases default to on.
-The ssmjax attention has no q|k|v conv and no fused MLP, so checkpoints using them (``d_conv > 0``, e.g.
-``mamba2attn-2.7b``, or ``mlp_dim > 0``) are refused with an error naming the field.
+MLP part, ``mlp_dim``), then with ``d_conv`` = W > 0 a depthwise causal ``nn.Conv1d`` over those q|k|v rows
+(``conv1d.weight`` (qkv, 1, W) and, PyTorch's default, ``conv1d.bias``; no activation), RoPE on the first
+``rotary_emb_dim`` dims of each head (non-interleaved by default), causal softmax attention, ``out_proj``. Projection
+biases default to on. The conv becomes the ssmjax attention's ``q_conv1d`` / ``k_conv1d`` / ``v_conv1d``
+(``AttentionConfig.d_conv``), as ``mamba2attn-2.7b`` needs. The fused MLP (``mlp_dim > 0``), interleaved rotary,
+non-causal attention and a non-default softmax scale have no ssmjax counterpart and are refused with an error naming
+the field.
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ def _attention_config(attn: dict, d_model: int) -> AttentionConfig:
   heads = attn["num_heads"]
   head_dim = attn.get("head_dim") or d_model // heads
   _require(attn.get("causal", False), "attn_cfg.causal must be true (ssmjax attention is causal)")
-  _require(attn.get("d_conv", 0) == 0, f"attn_cfg.d_conv={attn.get('d_conv')}: MHA's depthwise conv over q|k|v is not "
-                                       f"supported by the ssmjax attention mixer (only d_conv=0)")
+  d_conv = attn.get("d_conv", 0)
+  _require(isinstance(d_conv, int) and d_conv >= 0, f"attn_cfg.d_conv={d_conv!r} must be a non-negative integer")
   _require(attn.get("mlp_dim", 0) == 0, f"attn_cfg.mlp_dim={attn.get('mlp_dim')}: MHA's fused gated MLP is not "
                                         f"supported (only mlp_dim=0)")
   _require(not attn.get("rotary_emb_interleaved", False), "attn_cfg.rotary_emb_interleaved=true is not supported")
@@ -115,7 +118,8 @@ def _attention_config(attn: dict, d_model: int) -> AttentionConfig:
            f"attn_cfg.rotary_emb_dim={rotary_dim} must be even and at most head_dim ({head_dim})")
   return AttentionConfig(num_heads=heads, num_kv_heads=attn.get("num_heads_kv") or heads, head_dim=head_dim,
                          rotary_fraction=rotary_dim / head_dim, rope_theta=float(attn.get("rotary_emb_base", 10000.0)),
-                         qkv_bias=attn.get("qkv_proj_bias", True), out_bias=attn.get("out_proj_bias", True))
+                         qkv_bias=attn.get("qkv_proj_bias", True), out_bias=attn.get("out_proj_bias", True),
+                         d_conv=d_conv)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -159,7 +163,7 @@ def _norm(reader: TensorSource, prefix: str, layernorm: bool) -> dict:
 
 
 def _mha(reader: TensorSource, prefix: str, attention: AttentionConfig, d_model: int) -> dict:
-  """MHA's fused ``in_proj`` rows ``[q, k, v]`` -> separate q/k/v kernels."""
+  """MHA's fused ``in_proj`` rows ``[q, k, v]`` -> separate q/k/v kernels; its q|k|v conv -> one conv per projection."""
   heads, kv, head_dim = attention.num_heads, attention.resolved_kv_heads(), attention.resolved_head_dim(d_model)
   sizes = [heads * head_dim, kv * head_dim, kv * head_dim]
   pieces = {"in_proj.weight": layouts.split_rows(reader.take(prefix + "in_proj.weight"), sizes, "in_proj.weight")}
@@ -172,8 +176,20 @@ def _mha(reader: TensorSource, prefix: str, attention: AttentionConfig, d_model:
       return reader.take(f"{prefix}out_proj.{kind}")
     return pieces[f"in_proj.{kind}"]["qkv".index(which)]
 
-  return layouts.attention(get, num_heads=heads, num_kv_heads=kv, head_dim=head_dim, qkv_bias=attention.qkv_bias,
-                           out_bias=attention.out_bias, names=("q", "k", "v", "o"))
+  params = layouts.attention(get, num_heads=heads, num_kv_heads=kv, head_dim=head_dim, qkv_bias=attention.qkv_bias,
+                             out_bias=attention.out_bias, names=("q", "k", "v", "o"))
+  if attention.d_conv:
+    weight_name, bias_name = prefix + "conv1d.weight", prefix + "conv1d.bias"
+    weight = reader.take(weight_name)
+    if weight.shape != (sum(sizes), 1, attention.d_conv):
+      raise ValueError(f"{weight_name} has shape {weight.shape}, expected (qkv channels, 1, d_conv) = "
+                       f"{(sum(sizes), 1, attention.d_conv)}")
+    kernels = layouts.split_rows(weight, sizes, weight_name)
+    biases = layouts.split_rows(reader.take(bias_name), sizes, bias_name)
+    for name, kernel, bias, n_heads in zip("qkv", kernels, biases, (heads, kv, kv)):
+      params[f"{name}_conv1d"] = {"kernel": layouts.conv(kernel).reshape(attention.d_conv, n_heads, head_dim),
+                                  "bias": bias.reshape(n_heads, head_dim)}
+  return params
 
 
 def _gated_mlp(reader: TensorSource, prefix: str) -> dict:

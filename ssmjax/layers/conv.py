@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssmjax import context_parallel
 from ssmjax.layers.params import param, torch_default_uniform
 
 
@@ -82,5 +83,8 @@ class CausalConv1d(nn.Module):
     bias = param(self, "bias", init, channels, tuple(self.channel_axes), self.param_dtype) if self.use_bias else None
     kernel, bias = kernel.astype(self.dtype), None if bias is None else bias.astype(self.dtype)
     if state is None:
+      layout = context_parallel.context_layout(x.shape[1])  # the sequence split over devices: exchange the halos
+      if layout is not None:
+        return context_parallel.causal_conv1d(x.astype(self.dtype), kernel, bias, layout, self.channel_axes)
       return causal_conv1d(x.astype(self.dtype), kernel, bias)
     return causal_conv1d_with_state(x.astype(self.dtype), kernel, bias, state)

@@ -3,6 +3,12 @@
 Shapes: x (B, T, D); q (B, T, H, K); k, v (B, T, KV, K) with H a multiple of KV; head h reads kv head h // (H / KV).
 Megatron's fused QKV and HF's q_proj/k_proj/v_proj both convert to the separate ``q_proj``, ``k_proj``, ``v_proj``
 kernels here, which shard over heads.
+
+With ``d_conv`` = W > 0 (mamba_ssm's ``MHA(d_conv=W)``, used by ``mamba2attn-2.7b``) the projections pass through a
+causal depthwise conv of width W with bias and no activation, before RoPE: mamba_ssm runs one conv over the fused
+q|k|v channels, which is the same as one conv per projection, so here ``q_conv1d``, ``k_conv1d``, ``v_conv1d`` have
+kernels (W, H or KV, K) that shard over heads like the projections. Decoding keeps their last W inputs in a
+`ConvKVCache` (one (B, qkv channels, W) array, ``[q, k, v]`` as mamba_ssm's conv state).
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ssmjax.cache import Cursor, KVCache
+from ssmjax import context_parallel
+from ssmjax.cache import ConvKVCache, Cursor, KVCache
 from ssmjax.config import AttentionConfig
+from ssmjax.layers.conv import CausalConv1d
 from ssmjax.layers.params import Inits, param
 from ssmjax.layers.rope import apply_rope
 
@@ -112,6 +121,9 @@ class Attention(nn.Module):
 
     q, k, v = project("q_proj", heads, "heads"), project("k_proj", kv_heads, "kv_heads"), project(
         "v_proj", kv_heads, "kv_heads")
+    conv_state = None
+    if cfg.d_conv:
+      (q, k, v), conv_state = self._qkv_conv((q, k, v), cache, cursor)
     if cursor is not None:
       positions = cursor.positions(length)
     elif positions is None:
@@ -119,13 +131,17 @@ class Attention(nn.Module):
     rotary_dim = cfg.rotary_dim(d_model)
     q = apply_rope(q, positions, rotary_dim, cfg.rope_theta)
     k = apply_rope(k, positions, rotary_dim, cfg.rope_theta)
-    if cache is None:
+    layout = context_parallel.context_layout(length) if cache is None else None
+    if layout is not None:  # the sequence split over devices: ring attention
+      out = context_parallel.causal_attention(q, k, v, layout)
+    elif cache is None:
       out = causal_attention(q, k, v, cfg.implementation)
     else:
       out = cached_attention(q, k, v, cache, cursor)
       start = (0, 0, cursor.index, 0)  # the cache is head-major: (B, KV, S, K)
-      cache = KVCache(k=jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3).astype(cache.k.dtype), start),
-                      v=jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype), start))
+      new_k = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3).astype(cache.k.dtype), start)
+      new_v = jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3).astype(cache.v.dtype), start)
+      cache = KVCache(k=new_k, v=new_v) if conv_state is None else ConvKVCache(k=new_k, v=new_v, conv=conv_state)
     o_proj = param(self, "o_proj", self.inits.residual_out(heads * head_dim, mamba=False), (heads, head_dim, d_model),
                    ("heads", "head_dim", "embed"), self.param_dtype)
     y = jnp.einsum("bthk,hkd->btd", out.astype(self.dtype), o_proj.astype(self.dtype))
@@ -133,6 +149,36 @@ class Attention(nn.Module):
       y = y + param(self, "o_proj_bias", nn.initializers.zeros, (d_model,), ("embed",),
                     self.param_dtype).astype(self.dtype)
     return y if cache is None else (y, cache)
+
+  def _qkv_conv(self, qkv: tuple[jax.Array, ...], cache: KVCache | None,
+                cursor: Cursor | None) -> tuple[tuple[jax.Array, ...], jax.Array | None]:
+    """The causal conv over q (B, T, H, K), k and v (B, T, KV, K) -> (the three convolved, the new conv state or None).
+
+    Decoding continues from ``cache.conv`` (B, (H + 2 KV) * K, W); the inputs at left-padded slots are zeroed first,
+    so a sequence's conv window is that of its unpadded prompt (as in the Mamba mixers).
+    """
+    width = self.config.d_conv
+    names, axes = ("q_conv1d", "k_conv1d", "v_conv1d"), ("heads", "kv_heads", "kv_heads")
+    convs = [CausalConv1d(width, (axis, "head_dim"), use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name=name) for name, axis in zip(names, axes)]
+    if cache is None:
+      return tuple(conv(y) for conv, y in zip(convs, qkv)), None
+    if not isinstance(cache, ConvKVCache):
+      raise TypeError(f"Attention with d_conv={width} needs a ConvKVCache (init_cache makes one), "
+                      f"got {type(cache).__name__}")
+    batch, length = qkv[0].shape[:2]
+    sizes = [y.shape[2] * y.shape[3] for y in qkv]
+    expected = (batch, sum(sizes), width)
+    if cache.conv.shape != expected:
+      raise ValueError(f"cache.conv must have shape (batch, qkv channels, d_conv) = {expected}, got {cache.conv.shape}")
+    valid_bt = cursor.valid(length)[:, :, None, None]
+    states = jnp.split(cache.conv, np.cumsum(sizes)[:-1].tolist(), axis=1)
+    outputs, new_states = [], []
+    for conv, y, state in zip(convs, qkv, states):
+      out, new_state = conv(jnp.where(valid_bt, y, 0), state=state.reshape(batch, *y.shape[2:], width))
+      outputs.append(out)
+      new_states.append(new_state.reshape(batch, -1, width))
+    return tuple(outputs), jnp.concatenate(new_states, axis=1)
 
   def prefill(self, x: jax.Array, cache: KVCache, cursor: Cursor) -> tuple[jax.Array, KVCache]:
     """x (B, T, D) after the tokens already in ``cache`` -> (y (B, T, D), the cache with them)."""

@@ -8,6 +8,10 @@ operands under `jit`, a kernel would see them gathered onto every device (and Mo
 and the heads (Mamba-2) or channels (Mamba-1) as ``ssm_heads`` / ``ssm_inner`` say: each device scans its own shard,
 with no gathers. A mesh axis that does not divide the dimension it would shard is left out (that dimension is then
 replicated over it), so small decode batches still run.
+
+Context parallelism: when the ``activation_length`` rule's mesh axes (``context``) have more than one device and
+divide the length, both scans run sequence-parallel instead (`ssmjax.context_parallel.context_layout`;
+`pallas_kernels.ssd.context_parallel`, `pallas_kernels.selective_scan.context_parallel`), with any implementation.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import jax
 from jax._src import mesh as mesh_lib
 
 import pallas_kernels
-from ssmjax import sharding
+from pallas_kernels.selective_scan.context_parallel import selective_scan_context_parallel
+from pallas_kernels.ssd.context_parallel import ssd_context_parallel
+from ssmjax import context_parallel, sharding
 
 __all__ = ["active_mesh", "selective_scan", "ssd", "uses_pallas"]
 
@@ -55,6 +61,12 @@ def _mesh_axes(logical_name: str, size: int, mesh) -> tuple[str, ...]:
 
 def ssd(x, dt, A, B, C, *, chunk_size: int, implementation: str | None, **kwargs):
   """`pallas_kernels.ssd`, run per shard when a mesh is active and the implementation is a Pallas kernel."""
+  layout = context_parallel.context_layout(x.shape[1])
+  if layout is not None:
+    return ssd_context_parallel(
+        x, dt, A, B, C, chunk_size=chunk_size, implementation=implementation, mesh=layout.mesh,
+        context_axes=layout.context, batch_axes=layout.axes(sharding.BATCH, x.shape[0]),
+        head_axes=layout.axes(sharding.SSM_HEADS, x.shape[2]), **kwargs)
   mesh = active_mesh()
   if mesh is None or not uses_pallas(implementation):
     return pallas_kernels.ssd(x, dt, A, B, C, chunk_size=chunk_size, implementation=implementation, **kwargs)
@@ -66,6 +78,12 @@ def ssd(x, dt, A, B, C, *, chunk_size: int, implementation: str | None, **kwargs
 
 def selective_scan(u, delta, A, B, C, *, implementation: str | None, **kwargs):
   """`pallas_kernels.selective_scan`, run per shard when a mesh is active and the implementation is a Pallas kernel."""
+  layout = context_parallel.context_layout(u.shape[1])
+  if layout is not None:
+    return selective_scan_context_parallel(
+        u, delta, A, B, C, implementation=implementation, mesh=layout.mesh, context_axes=layout.context,
+        batch_axes=layout.axes(sharding.BATCH, u.shape[0]),
+        channel_axes=layout.axes(sharding.SSM_INNER, u.shape[2]), **kwargs)
   mesh = active_mesh()
   if mesh is None or not uses_pallas(implementation):
     return pallas_kernels.selective_scan(u, delta, A, B, C, implementation=implementation, **kwargs)

@@ -17,7 +17,7 @@ from ssmjax.layers.embed import Embed
 from ssmjax.layers.norms import make_norm
 from ssmjax.layers.params import Inits, param
 from ssmjax.models.blocks import ResidualBlock, block_class
-from ssmjax.sharding import ACT_EMBED, ACT_VOCAB, BATCH, LENGTH, constrain
+from ssmjax.sharding import ACT_EMBED, ACT_VOCAB, BATCH, LENGTH, VOCAB, constrain
 
 
 def model_inits(config: ModelConfig) -> Inits:
@@ -32,13 +32,15 @@ class LanguageModel(nn.Module):
 
   With ``cache`` (a `ssmjax.cache.ModelCache`), ``input_ids`` are the next T tokens after those in the cache and the
   result is ``(logits, new_cache)``; ``last_only`` keeps only the last position's logits (B, 1, V).
+  ``return_hidden`` returns the final-normed hidden states (B, T, D) in the compute dtype instead of the logits (the
+  train step's chunked cross-entropy applies the output layer itself, `ssmjax.models.loss`).
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, cache: ModelCache | None = None, *,
-               last_only: bool = False) -> jax.Array | tuple[jax.Array, ModelCache]:
+  def __call__(self, input_ids: jax.Array, cache: ModelCache | None = None, *, last_only: bool = False,
+               return_hidden: bool = False) -> jax.Array | tuple[jax.Array, ModelCache]:
     cfg = self.config
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids must have shape (batch, seqlen), got {input_ids.shape}")
@@ -61,12 +63,16 @@ class LanguageModel(nn.Module):
     if last_only:
       h = h[:, -1:]
     h = make_norm(cfg.norm, cfg.norm_eps, dtype, param_dtype, name="final_norm")(h)
-    if cfg.tie_embeddings:
-      logits = embed.attend(h)
-    else:
+    if not cfg.tie_embeddings:
       lm_head = param(self, "lm_head", inits.dense(cfg.d_model), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                       param_dtype)
-      logits = jnp.einsum("btd,dv->btv", h.astype(dtype), lm_head.astype(dtype))
+    if return_hidden:  # the output layer is left to the caller (ssmjax.models.loss: chunked cross-entropy).
+      h = constrain(h.astype(dtype), (BATCH, LENGTH, ACT_EMBED))
+      return h if cache is None else (h, cache)
+    if cfg.tie_embeddings:
+      logits = embed.attend(h)
+    else:  # whole over d_model where it is used (FSDP gathers the weight, not the activations).
+      logits = jnp.einsum("btd,dv->btv", h.astype(dtype), constrain(lm_head.astype(dtype), (None, VOCAB)))
     logits = constrain(logits.astype(jnp.float32), (BATCH, LENGTH, ACT_VOCAB))
     return logits if cache is None else (logits, cache)
 

@@ -4,7 +4,8 @@
   optim.py          OptimizerConfig, AdamW with masked weight decay, Megatron cosine / WSD schedules
   checkpointing.py  CheckpointConfig, Checkpointer (orbax CheckpointManager + grain iterator state)
   state.py          TrainState, its shardings from the logical axis rules, sharded initialisation
-  step.py           the jitted train step (masked cross-entropy, gradient accumulation by scan)
+  step.py           the jitted train step (masked cross-entropy, optionally chunked; gradient accumulation by scan)
+  init_from.py      TrainConfig.init_from: a run's parameters from a model directory or another run's checkpoint
   loop.py           train(): the run (resume, steps, metrics, SIGTERM, export, evaluation)
   metrics.py        JSONL / TensorBoard metrics, throughput, progress bar
   flops.py          model FLOPs per token by layer kind (MFU)

@@ -65,8 +65,8 @@ def compile_train_step(model: ModelConfig, data: data_lib.DataConfig, config: Tr
   processes = len({d.process_index for d in devices})
   check_run(model, data, config, tuple(mesh_obj.shape.values()), rules, processes, check_data=False)
   fns = run_functions(model, config.optimizer, config.optimizer.decay_steps or config.num_steps,
-                      config.grad_accum_steps, mesh_obj, rules)
-  with mesh_obj, nn.logical_axis_rules(list(rules)):
+                      config.grad_accum_steps, mesh_obj, rules, config.loss_chunk_size)
+  with jax.set_mesh(mesh_obj), nn.logical_axis_rules(list(rules)):
     shape = (data.global_batch_size, data.seq_len)
     batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=fns.batch_sharding),
              "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=fns.batch_sharding),

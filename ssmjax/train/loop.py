@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -35,10 +34,11 @@ from ssmjax import checkpoint as model_checkpoint
 from ssmjax import data as data_lib
 from ssmjax.config import ModelConfig
 from ssmjax.models.lm import LanguageModel
-from ssmjax.sharding import LENGTH, MeshConfig, batch_spec, make_mesh
+from ssmjax.sharding import LENGTH, MESH_AXES, MeshConfig, batch_spec, make_mesh
 from ssmjax.train import flops as flops_lib
 from ssmjax.train import metrics as metrics_lib
 from ssmjax.train.checkpointing import Checkpointer
+from ssmjax.train import init_from as init_from_lib
 from ssmjax.train.config import TrainConfig
 from ssmjax.train.optim import make_optimizer
 from ssmjax.train.state import TrainState, abstract_state, make_init_fn, state_shardings
@@ -77,7 +77,7 @@ class RunFunctions:
 
 @functools.lru_cache(maxsize=8)
 def run_functions(model: ModelConfig, optimizer_config, schedule_steps: int, accum_steps: int, mesh,
-                  rules) -> RunFunctions:
+                  rules, loss_chunk_size: int = 0) -> RunFunctions:
   """The run's shardings and jitted init and step, cached so that calling `train` again with the same settings (a
   notebook, a resumed run in one process, tests) reuses the compiled executables."""
   optimizer, schedule = make_optimizer(optimizer_config, schedule_steps)
@@ -85,7 +85,7 @@ def run_functions(model: ModelConfig, optimizer_config, schedule_steps: int, acc
   abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     abstract_state(model, optimizer), shardings)
   batch_sharding = NamedSharding(mesh, batch_spec())
-  step = jax.jit(make_train_step(LanguageModel(model), optimizer, schedule, accum_steps),
+  step = jax.jit(make_train_step(LanguageModel(model), optimizer, schedule, accum_steps, loss_chunk_size),
                  in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None), donate_argnums=(0,))
   return RunFunctions(optimizer, schedule, shardings, abstract, batch_sharding, make_init_fn(model, optimizer,
                                                                                             shardings), step)
@@ -103,7 +103,7 @@ def check_run(model: ModelConfig, data: data_lib.DataConfig, config: TrainConfig
     if model.vocab_size < vocab:
       raise ValueError(f"ModelConfig.vocab_size ({model.vocab_size}) is smaller than the data's vocabulary ({vocab}, "
                        f"tokenizer {data.tokenizer!r})")
-  axes = dict(zip(("data", "fsdp", "tensor"), mesh_shape))
+  axes = dict(zip(MESH_AXES, mesh_shape))
   batch, accum = data.global_batch_size, config.grad_accum_steps
   if batch % accum:
     raise ValueError(f"DataConfig.global_batch_size ({batch}) must be divisible by TrainConfig.grad_accum_steps "
@@ -172,7 +172,7 @@ def evaluate_phonebook(model: ModelConfig, params: Any, data: data_lib.DataConfi
   """Phone-book accuracy of ``params`` on books of the largest training size (teacher forced, every digit right)."""
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   batch_size = -(-batch_size // batch_devices) * batch_devices
-  in_sharding = NamedSharding(mesh, batch_spec())
+  in_sharding = NamedSharding(mesh, batch_spec(shard_length=False))  # book lengths need not split over context
   apply = jax.jit(lambda p, ids: LanguageModel(model).apply({"params": p}, ids),
                   out_shardings=NamedSharding(mesh, PartitionSpec()))
 
@@ -210,12 +210,17 @@ def train(model: ModelConfig, data: data_lib.DataConfig, config: TrainConfig = T
   iterator = data_lib.make_train_iterator(data, process_index=jax.process_index(),
                                           process_count=jax.process_count())
   fns = run_functions(model, config.optimizer, config.optimizer.decay_steps or config.num_steps,
-                      config.grad_accum_steps, mesh_obj, rules)
-  with mesh_obj, nn.logical_axis_rules(list(rules)):
+                      config.grad_accum_steps, mesh_obj, rules, config.loss_chunk_size)
+  # jax.set_mesh, not `with mesh_obj:`: flax's logical constraints act only under an abstract mesh, which jax 0.10's
+  # `with mesh:` no longer sets (BENCHMARKS.md, Training: why FSDP asked for 716 GiB per chip).
+  with jax.set_mesh(mesh_obj), nn.logical_axis_rules(list(rules)):
     checkpointer = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), config.checkpoint)
     restored = checkpointer.restore(fns.abstract_state, iterator)
     if restored is None:
       state, start = fns.init(config.seed), 0
+      if config.init_from:
+        state = state.replace(params=init_from_lib.load_params(config.init_from, model, fns.shardings.params))
+        logging.info("initialised the parameters from %s", config.init_from)
     else:
       state, start = restored
       logging.info("resumed from step %d of %s", start, checkpointer.directory)

@@ -4,31 +4,45 @@ A batch is ``{"inputs", "targets": int32 (B, T), "loss_mask": float32 (B, T)}`` 
 batch). With ``accum_steps = A`` it is split into A micro-batches of B / A rows (row ``i * A + a`` goes to
 micro-batch ``a``, so a batch sharded over its rows stays where it is); the summed losses and gradients of the micro-
 batches are divided once by the total mask weight, so accumulating is the same as one big batch up to float
-rounding. The loss is float32 whatever the compute dtype (the model returns float32 logits).
+rounding. The loss is float32 whatever the compute dtype (the model returns float32 logits). With
+``loss_chunk_size`` the output layer and the loss run over chunks of positions (`ssmjax.models.loss`), so the whole
+(B, T, V) logits are never made: the same values up to float32 summation order.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ssmjax.models import loss as loss_lib
 from ssmjax.models.lm import LanguageModel
 from ssmjax.train.state import TrainState
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask")
 
 
-def loss_sums(params: Any, model: LanguageModel, batch: dict, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
-  """(sum of masked cross-entropy, {"weight": sum of the mask, "correct": masked argmax hits}) over a batch."""
+def loss_sums(params: Any, model: LanguageModel, batch: dict, rng: jax.Array | None = None,
+              loss_chunk_size: int = 0) -> tuple[jax.Array, dict]:
+  """(sum of masked cross-entropy, {"weight": sum of the mask, "correct": masked argmax hits}) over a batch.
+
+  ``loss_chunk_size`` > 0: the output layer and the loss run over chunks of that many positions
+  (`ssmjax.models.loss.chunked_cross_entropy_sums`), never making the whole (B, T, V) logits; 0: whole logits.
+  """
   rngs = {"dropout": rng} if rng is not None else None
-  logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
   mask = batch["loss_mask"].astype(jnp.float32)
-  correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
-  return jnp.sum(ce * mask), {"weight": jnp.sum(mask), "correct": jnp.sum(correct * mask)}
+  if loss_chunk_size:
+    hidden = model.apply({"params": params}, batch["inputs"], rngs=rngs, return_hidden=True)
+    weight, vocab_major = loss_lib.output_weight(params, model.config)
+    loss_sum, correct = loss_lib.chunked_cross_entropy_sums(hidden, weight, batch["targets"], mask,
+                                                            chunk_size=loss_chunk_size, vocab_major=vocab_major)
+  else:
+    logits = model.apply({"params": params}, batch["inputs"], rngs=rngs)
+    loss_sum, correct = loss_lib.cross_entropy_sums(logits, batch["targets"], mask)
+  return loss_sum, {"weight": jnp.sum(mask), "correct": correct}
 
 
 def split_microbatches(batch: dict, accum_steps: int) -> dict:
@@ -43,12 +57,15 @@ def split_microbatches(batch: dict, accum_steps: int) -> dict:
 
 
 def make_train_step(model: LanguageModel, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum_steps: int = 1) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    accum_steps: int = 1,
+                    loss_chunk_size: int = 0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """``train_step(state, batch) -> (state, metrics)``; metrics: loss, grad_norm (before clipping), lr, tokens
-  (loss-mask weight), accuracy (masked next-token argmax)."""
+  (loss-mask weight), accuracy (masked next-token argmax). ``loss_chunk_size``: see `loss_sums`."""
   if accum_steps < 1:
     raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+  if loss_chunk_size < 0:
+    raise ValueError(f"loss_chunk_size must be >= 0 (0: unchunked), got {loss_chunk_size}")
+  grad_fn = jax.value_and_grad(functools.partial(loss_sums, loss_chunk_size=loss_chunk_size), has_aux=True)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng, step_rng = jax.random.split(state.rng)
@@ -80,11 +97,11 @@ def make_train_step(model: LanguageModel, optimizer: optax.GradientTransformatio
   return train_step
 
 
-def make_eval_step(model: LanguageModel) -> Callable[[Any, dict], dict]:
+def make_eval_step(model: LanguageModel, loss_chunk_size: int = 0) -> Callable[[Any, dict], dict]:
   """``eval_step(params, batch) -> {"loss_sum", "weight", "correct"}`` (sums, to be added over batches)."""
 
   def eval_step(params: Any, batch: dict) -> dict:
-    loss_sum, aux = loss_sums(params, model, batch)
+    loss_sum, aux = loss_sums(params, model, batch, loss_chunk_size=loss_chunk_size)
     return {"loss_sum": loss_sum, **aux}
 
   return eval_step

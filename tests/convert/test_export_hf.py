@@ -82,6 +82,7 @@ def test_sharded_bfloat16_export_round_trips(tmp_path):
     ("megatron/gpt", ["norm 'layernorm_1p'", "rotary_fraction 0.5", "mlp.activation 'squared_relu'"]),
     ("mamba_ssm/mamba2attn", ["rotary_fraction 0.5", "attention biases", "mlp.activation 'swiglu'"]),
     ("mamba_ssm/mamba1_mlp_layernorm", ["norm 'layernorm'", "mamba_version 1", "mlp.activation 'swiglu'"]),
+    ("mamba_ssm/mamba2attn_conv", ["attention.d_conv 4", "rotary_fraction 0.5"]),
 ])
 def test_configs_hf_cannot_represent_are_refused_naming_every_reason(case, problems, tmp_path):
   config, params = ssmjax.load_pretrained(os.path.join(FIXTURES, case))

@@ -2,7 +2,9 @@
 
 Fixtures (``scripts/make_convert_fixtures.py``): ``mamba1`` and ``mamba2`` compare with HF transformers' models on the
 same weights; ``mamba2attn`` (Mamba-2 + MHA with partial RoPE, GQA, biases + GatedMLPs, untied) and
-``mamba1_mlp_layernorm`` (LayerNorms with biases) with the script's float64 NumPy forward pass of mamba_ssm's modules.
+``mamba1_mlp_layernorm`` (LayerNorms with biases) with the script's float64 NumPy forward pass of mamba_ssm's modules;
+``mamba2attn_conv`` (``mamba2attn-2.7b``'s attn_cfg in miniature: MHA with a width-4 conv over q|k|v, no biases, tied)
+and ``mamba2attn_conv_gqa`` (the conv with GQA, biases, GatedMLPs) with attention layers in float64 PyTorch.
 Sequence lengths 5 and 29 with Mamba-2 chunk size 8.
 """
 
@@ -18,7 +20,14 @@ from ssmjax.convert import mamba_ssm, torch_pickle
 from ssmjax.convert.tensors import write_safetensors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mamba_ssm")
-CASES = ["mamba1", "mamba2", "mamba2attn", "mamba1_mlp_layernorm"]
+CASES = ["mamba1", "mamba2", "mamba2attn", "mamba1_mlp_layernorm", "mamba2attn_conv", "mamba2attn_conv_gqa"]
+# state-spaces/mamba2attn-2.7b's config.json (SPEC §6.3).
+MAMBA2ATTN_2P7B = {"d_model": 2560, "d_intermediate": 0, "n_layer": 64, "vocab_size": 50277,
+                   "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [9, 18, 27, 36, 45, 56],
+                   "attn_cfg": {"causal": True, "d_conv": 4, "head_dim": 128, "num_heads": 30, "out_proj_bias": False,
+                                "qkv_proj_bias": False, "rotary_emb_dim": 64},
+                   "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16,
+                   "tie_embeddings": True}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -42,6 +51,24 @@ def test_configs_map_the_state_spaces_fields():
                                                                                                      True, True)
   assert hybrid.mamba2.ngroups == 2 and hybrid.mamba2.chunk_size == 8
   assert mamba_ssm.open_mamba_ssm(os.path.join(FIXTURES, "mamba1_mlp_layernorm")).config.norm == "layernorm"
+
+
+def test_the_mamba2attn_2p7b_config_maps_to_its_architecture():
+  config = mamba_ssm.model_config(MAMBA2ATTN_2P7B)
+  a, m = config.attention, config.mamba2
+  assert config.pattern == "".join("*" if i in (9, 18, 27, 36, 45, 56) else "M" for i in range(64))
+  assert (a.num_heads, a.resolved_kv_heads(), a.resolved_head_dim(2560), a.rotary_dim(2560)) == (30, 30, 128, 64)
+  assert (a.d_conv, a.qkv_bias, a.out_bias, a.rope_theta) == (4, False, False, 10000.0)
+  assert (m.d_state, m.headdim, m.ngroups, m.resolved_nheads(2560)) == (128, 64, 1, 80)  # mamba_ssm Mamba2 defaults
+  assert config.vocab_size == 50288 and config.tie_embeddings and config.residual_in_fp32
+  # Parameter count from the state-spaces tensor shapes (Mamba2 in_proj rows 2E + 2N + H, conv over E + 2N channels;
+  # MHA in_proj rows (H + 2 KV) P, conv with bias over them, out_proj from H P), against the model ssmjax builds.
+  d, E, N, H = 2560, 5120, 128, 80
+  mamba_layer = (2 * E + 2 * N + H) * d + (E + 2 * N) * 5 + 3 * H + E + E * d + d
+  qkv = (30 + 2 * 30) * 128
+  attention_layer = qkv * d + qkv * 5 + 30 * 128 * d + d
+  expected = 50288 * d + 58 * mamba_layer + 6 * attention_layer + d
+  assert ssmjax.count_params(config) == expected  # about 2.70e9: "2.7b"
 
 
 @pytest.fixture
@@ -95,10 +122,25 @@ def test_wrongly_shaped_tensor_is_named(hybrid_copy):
     ssmjax.load_pretrained(str(hybrid_copy))
 
 
+@pytest.mark.parametrize("edit, error, key", [
+    (lambda a: a.pop("backbone.layers.1.mixer.conv1d.bias"), KeyError, "backbone.layers.1.mixer.conv1d.bias"),
+    (lambda a: a.update({"backbone.layers.3.mixer.conv1d.weight": np.zeros((144, 1, 3), np.float32)}), ValueError,
+     "backbone.layers.3.mixer.conv1d.weight"),
+], ids=["missing_conv_bias", "wrong_conv_width"])
+def test_qkv_conv_tensors_are_checked(tmp_path, edit, error, key):
+  directory = tmp_path / "mamba2attn_conv"
+  shutil.copytree(os.path.join(FIXTURES, "mamba2attn_conv"), directory)
+  _as_safetensors(directory, edit)
+  with pytest.raises(error, match=key):
+    ssmjax.load_pretrained(str(directory))
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("attn_cfg", {"num_heads": 4, "num_heads_kv": 2, "head_dim": 16, "causal": True, "d_conv": 4}, "attn_cfg.d_conv"),
+    ("attn_cfg", {"num_heads": 4, "num_heads_kv": 2, "head_dim": 16, "causal": True, "d_conv": -1}, "attn_cfg.d_conv"),
     ("attn_cfg", {"num_heads": 4, "head_dim": 16, "causal": True, "mlp_dim": 64}, "attn_cfg.mlp_dim"),
     ("attn_cfg", {"num_heads": 4, "head_dim": 16}, "attn_cfg.causal"),
+    ("attn_cfg", {"num_heads": 4, "head_dim": 16, "causal": True, "rotary_emb_dim": 8, "rotary_emb_interleaved": True},
+     "rotary_emb_interleaved"),
     ("ssm_cfg", {"layer": "Mamba2", "headdim": 8, "D_has_hdim": True}, "D_has_hdim"),
     ("ssm_cfg", {"layer": "Mamba3"}, "ssm_cfg.layer 'Mamba3'"),
     ("ssm_cfg", {"layer": "Mamba2", "wings": 2}, "wings"),

@@ -112,7 +112,7 @@ def test_cache_logical_axes_shard_the_cache_on_a_mesh():
   axes = cache_logical_axes(cache)
   for leaf, spec in zip(jax.tree_util.tree_leaves(cache), jax.tree_util.tree_leaves(axes)):
     assert len(spec) == leaf.ndim
-  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 2, 1, 2), sharding.MESH_AXES)
   shardings = cache_shardings(cache, mesh)
   placed = jax.device_put(cache, shardings)
   mamba, attention = placed.layers[0], placed.layers[config.pattern.index("*")]

@@ -63,6 +63,17 @@ def test_mixed_prompt_lengths_match_the_uncached_reference(tiny_model, model_fns
   np.testing.assert_allclose(np.asarray(out.logits), logits, atol=1e-4, rtol=0)
 
 
+def test_a_single_new_token_is_the_argmax_after_each_prompt(tiny_model, model_fns):
+  # The loop draws all tokens but the last; the last is drawn after it (no step follows): here the loop never runs.
+  config, params = tiny_model("tiny_mamba2")
+  prompts = np.stack(_prompts([6, 6], config.vocab_size, seed=5))
+  out = ssmjax.generate(config, params, prompts, 1, return_logits=True)
+  last = np.asarray(model_fns.full(config, params, jnp.asarray(prompts)))[:, -1]
+  np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], last.argmax(-1))
+  np.testing.assert_allclose(np.asarray(out.logits)[:, 0], last, atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(np.asarray(out.lengths), [1, 1])
+
+
 def _check_batch_equals_one_by_one(config, params, prompts, num_tokens):
   batched = ssmjax.generate(config, params, prompts, num_tokens, return_logits=True)
   for row, prompt in enumerate(prompts):

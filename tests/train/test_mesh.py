@@ -35,4 +35,4 @@ def test_mesh_gives_single_device_losses(shape, single_device_losses, tmp_path):
   assert len(losses) == 5 and losses[-1] < losses[0]
   np.testing.assert_allclose(losses, single_device_losses, rtol=RTOL)
   in_proj = result.state.params["layers_0"]["mixer"]["in_proj"]
-  assert in_proj.sharding.mesh.shape == dict(zip(("data", "fsdp", "tensor"), shape))
+  assert in_proj.sharding.mesh.shape == {"data": shape[0], "fsdp": shape[1], "context": 1, "tensor": shape[2]}
