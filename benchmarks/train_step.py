@@ -64,7 +64,7 @@ def bench(name, model, seq_len, batch, steps):
                                  "loss_mask": np.ones((batch, seq_len), np.float32)}, fns.batch_sharding)
   import flax.linen as nn
 
-  with mesh, nn.logical_axis_rules(list(mesh_config.resolved_rules())):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(mesh_config.resolved_rules())):
     start = time.perf_counter()
     state = fns.init(0)
     state, metrics = fns.step(state, batch_arrays)

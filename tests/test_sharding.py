@@ -108,7 +108,7 @@ def test_initialised_state_is_sharded_as_the_golden_table():
   model, mesh_config = _golden_config()
   mesh, rules = make_mesh(mesh_config), mesh_config.resolved_rules()
   optimizer, _ = make_optimizer(OptimizerConfig(), 10)
-  with mesh, nn.logical_axis_rules(list(rules)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
     state = create_state(model, optimizer, state_shardings(model, optimizer, mesh, rules), seed=0)
   actual = jax.tree_util.tree_map(lambda a: a.sharding.spec, state.params)
   table = _sharding_table(actual)

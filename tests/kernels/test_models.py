@@ -101,7 +101,7 @@ def test_model_on_a_mesh_runs_the_kernels_per_shard_and_matches_one_device(prese
   # ... when the kernel model is differentiated under a (data 4, tensor 2) mesh and the default logical-axis rules ...
   mesh_config = MeshConfig(data=4, fsdp=1, tensor=2)
   mesh, kernel_config = make_mesh(mesh_config), _config(preset, field, kernel)
-  with mesh, nn.logical_axis_rules(list(mesh_config.resolved_rules())):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(mesh_config.resolved_rules())):
     jaxpr = jax.make_jaxpr(jax.value_and_grad(_loss_fn(kernel_config, ids)))(params)
     kernel_loss, kernel_grads = _loss_and_grads(kernel_config, params, ids)
   # ... then the kernels ran inside shard_map on batch x heads (channels) shards, and the loss and every gradient
