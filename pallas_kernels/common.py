@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental.pallas import tpu as pltpu
 
 __all__ = [
@@ -202,3 +204,43 @@ def vary_alike(*arrays):
         a = jax.lax.pcast(a, missing, to="varying")
     out.append(a)
   return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Mesh axes of the shard_map wrappers (`pallas_kernels.sharding`, the context-parallel scans).
+
+
+def axis_names(entry) -> tuple[str, ...]:
+  """None, a mesh axis name or a sequence of them -> a tuple of names."""
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def spec_entry(names: Sequence[str]):
+  """A tuple of mesh axis names -> a `PartitionSpec` entry (None, one name, or the tuple)."""
+  names = tuple(names)
+  return None if not names else names[0] if len(names) == 1 else names
+
+
+def shard_count(mesh, names: Sequence[str]) -> int:
+  """How many shards the mesh axes `names` split a dimension into; mesh None: the context mesh (`jax.set_mesh`)."""
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  return math.prod(mesh.shape[n] for n in names)
+
+
+def slices_groups(nheads: int, ngroups: int, head_shards: int, head_axes: Sequence[str]) -> bool:
+  """Whether the SSD's B and C must be replicated over the head shards and sliced per shard (fewer groups than head
+  shards) rather than sharded by whole groups; a ValueError when neither count divides the other."""
+  slice_groups = ngroups % head_shards != 0
+  if slice_groups and head_shards % ngroups:
+    raise ValueError(f"B and C: ngroups = {ngroups} and the {head_shards} head shards of mesh axes {tuple(head_axes)} "
+                     f"must divide one another, so that each shard's heads read whole groups")
+  return slice_groups
+
+
+def local_group(B, C, *, head_axes: Sequence[str], nheads: int, ngroups: int, head_shards: int):
+  """Inside `shard_map`, with B and C replicated over the head axes: the one group this shard's heads read."""
+  group = lax.axis_index(tuple(head_axes)) * (nheads // head_shards) // (nheads // ngroups)
+  return lax.dynamic_slice_in_dim(B, group, 1, axis=2), lax.dynamic_slice_in_dim(C, group, 1, axis=2)

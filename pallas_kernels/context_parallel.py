@@ -22,33 +22,13 @@ is a reduce-scatter, so the cotangents of a later shard's outputs reach the S_j 
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
 
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["axis_names", "context_size", "incoming_states", "last_shard_value", "spec_entry"]
+__all__ = ["incoming_states", "last_shard_value"]
 
 _F32 = jnp.float32
-
-
-def axis_names(entry) -> tuple[str, ...]:
-  """None, a mesh axis name or a sequence of them -> a tuple of names."""
-  if entry is None:
-    return ()
-  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
-
-
-def spec_entry(names: Sequence[str]):
-  """A tuple of mesh axis names -> a `PartitionSpec` entry (None, one name, or the tuple)."""
-  names = tuple(names)
-  return None if not names else names[0] if len(names) == 1 else names
-
-
-def context_size(mesh, axes: Sequence[str]) -> int:
-  """The number of shards the mesh axes ``axes`` split a sequence into."""
-  return math.prod(mesh.shape[a] for a in axes)
 
 
 def incoming_states(local_final, log_decay, axis_name, initial_state=None):

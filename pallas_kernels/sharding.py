@@ -23,29 +23,18 @@ the native kernels run with the default checks.
 
 from __future__ import annotations
 
-import math
 
 import jax
-from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from pallas_kernels import common
 from pallas_kernels.selective_scan.api import selective_scan
 from pallas_kernels.ssd.api import ssd
 
 __all__ = ["selective_scan_sharded", "ssd_sharded"]
 
 _FROM_INPUT = object()  # sentinel: read the axes from the input's sharding
-
-
-def _axis_names(entry) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
-
-
-def _spec_entry(names: tuple[str, ...]):
-  return None if not names else names[0] if len(names) == 1 else names
 
 
 def _input_layout(a):
@@ -85,18 +74,12 @@ def _resolve_axes(a, name: str, mesh, batch_axes, inner_axes, inner_dim: int, in
       inner_axes = spec[inner_dim]
   if mesh is None and layout is not None:
     mesh = layout[0]
-  return mesh, _axis_names(batch_axes), _axis_names(inner_axes)
+  return mesh, common.axis_names(batch_axes), common.axis_names(inner_axes)
 
 
 def _check_vma(kwargs) -> bool:
   implementation = kwargs.get("implementation")
   return not (isinstance(implementation, str) and implementation.endswith("_interpret"))
-
-
-def _shard_count(mesh, names: tuple[str, ...]) -> int:
-  if mesh is None:
-    mesh = jax.sharding.get_abstract_mesh()
-  return math.prod(mesh.shape[n] for n in names)
 
 
 def ssd_sharded(x, dt, A, B, C, *, chunk_size, mesh=None, batch_axes=_FROM_INPUT, head_axes=_FROM_INPUT, D=None,
@@ -115,23 +98,17 @@ def ssd_sharded(x, dt, A, B, C, *, chunk_size, mesh=None, batch_axes=_FROM_INPUT
   """
   mesh, batch, heads = _resolve_axes(x, "x", mesh, batch_axes, head_axes, 2, "head")
   nheads, ngroups = x.shape[2], B.shape[2]
-  head_shards = _shard_count(mesh, heads)
+  head_shards = common.shard_count(mesh, heads)
   if nheads % head_shards:
     raise ValueError(f"x: nheads = {nheads} is not divisible by the {head_shards} shards of mesh axes {heads}")
-  slice_groups = ngroups % head_shards != 0
-  if slice_groups and head_shards % ngroups:
-    raise ValueError(f"B and C: ngroups = {ngroups} and the {head_shards} head shards of mesh axes {heads} must "
-                     f"divide one another, so that each shard's heads read whole groups")
-  b, h = _spec_entry(batch), _spec_entry(heads)
+  slice_groups = common.slices_groups(nheads, ngroups, head_shards, heads)
+  b, h = common.spec_entry(batch), common.spec_entry(heads)
   bthp, bth, hh, bhpn = P(b, None, h, None), P(b, None, h), P(h), P(b, h, None, None)
   btgn = P(b, None, None, None) if slice_groups else P(b, None, h, None)
-  local_heads = nheads // head_shards
 
   def local(x, dt, A, B, C, D, z, dt_bias, initial_state):
-    if slice_groups:  # this shard's heads all read group (first head) // (heads per group)
-      group = lax.axis_index(heads) * local_heads // (nheads // ngroups)
-      B = lax.dynamic_slice_in_dim(B, group, 1, axis=2)
-      C = lax.dynamic_slice_in_dim(C, group, 1, axis=2)
+    if slice_groups:
+      B, C = common.local_group(B, C, head_axes=heads, nheads=nheads, ngroups=ngroups, head_shards=head_shards)
     return ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, initial_state=initial_state,
                return_final_state=True, **kwargs)
 
@@ -153,10 +130,10 @@ def selective_scan_sharded(u, delta, A, B, C, *, mesh=None, batch_axes=_FROM_INP
     **kwargs: the other keyword arguments of `pallas_kernels.selective_scan` (delta_softplus, implementation, ...).
   """
   mesh, batch, channels = _resolve_axes(u, "u", mesh, batch_axes, channel_axes, 2, "channel")
-  d_inner, shards = u.shape[2], _shard_count(mesh, channels)
+  d_inner, shards = u.shape[2], common.shard_count(mesh, channels)
   if d_inner % shards:
     raise ValueError(f"u: d_inner = {d_inner} is not divisible by the {shards} shards of mesh axes {channels}")
-  b, e = _spec_entry(batch), _spec_entry(channels)
+  b, e = common.spec_entry(batch), common.spec_entry(channels)
   bte, en, btn, ee, ben = P(b, None, e), P(e, None), P(b, None, None), P(e), P(b, e, None)
 
   def local(u, delta, A, B, C, D, z, delta_bias, initial_state):

@@ -37,7 +37,6 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import common
-from pallas_kernels.context_parallel import spec_entry
 from ssmjax.sharding import BATCH, LENGTH
 
 __all__ = ["ContextLayout", "causal_attention", "causal_conv1d", "context_layout"]
@@ -109,9 +108,9 @@ def causal_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, layou
   if width > 1 and local_length < width - 1:
     raise ValueError(f"x: each of the {layout.size} context shards holds {local_length} positions, fewer than the "
                      f"conv's K-1 = {width - 1}")
-  batch = spec_entry(layout.axes(BATCH, x.shape[0]))
-  channels = tuple(spec_entry(layout.axes(name, size)) for name, size in zip(channel_names, x.shape[2:]))
-  x_spec, kernel_spec, bias_spec = P(batch, spec_entry(context), *channels), P(None, *channels), P(*channels)
+  batch = common.spec_entry(layout.axes(BATCH, x.shape[0]))
+  channels = tuple(common.spec_entry(layout.axes(name, size)) for name, size in zip(channel_names, x.shape[2:]))
+  x_spec, kernel_spec, bias_spec = P(batch, common.spec_entry(context), *channels), P(None, *channels), P(*channels)
   _check_distinct_axes(layout, x_spec)
   shards = layout.size
 
@@ -149,12 +148,12 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: ContextLa
   kv_heads = k.shape[2]
   if heads % kv_heads:
     raise ValueError(f"q has {heads} heads, not a multiple of the {kv_heads} kv heads of k and v")
-  batch = spec_entry(layout.axes(BATCH, batch_size))
+  batch = common.spec_entry(layout.axes(BATCH, batch_size))
   head_axes = layout.axes("heads", heads)
   if head_axes != layout.axes("kv_heads", kv_heads):  # q heads and kv heads must split alike to keep the GQA map
     head_axes = ()
   context, shards = layout.context, layout.size
-  spec = P(batch, spec_entry(context), spec_entry(head_axes), None)
+  spec = P(batch, common.spec_entry(context), common.spec_entry(head_axes), None)
   _check_distinct_axes(layout, spec)
   block = length // shards
   qb, kb = _divisor_or_whole(q_block, block), _divisor_or_whole(kv_block, block)

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import common
-from pallas_kernels.context_parallel import axis_names, context_size, incoming_states, last_shard_value, spec_entry
+from pallas_kernels.common import axis_names, shard_count, spec_entry
+from pallas_kernels.context_parallel import incoming_states, last_shard_value
 from pallas_kernels.selective_scan.api import _check_shapes, selective_scan
 
 __all__ = ["selective_scan_context_local", "selective_scan_context_parallel"]
@@ -93,8 +94,8 @@ def selective_scan_context_parallel(u, delta, A, B, C, *, mesh, context_axes, ba
   shards = {"u.shape[1] (seqlen)": (u.shape[1], context), "u.shape[0] (batch)": (u.shape[0], batch_names),
             "u.shape[2] (d_inner)": (u.shape[2], channels)}
   for what, (size, names) in shards.items():
-    if size % context_size(mesh, names):
-      raise ValueError(f"{what} = {size} is not divisible by the {context_size(mesh, names)} shards of mesh axes "
+    if size % shard_count(mesh, names):
+      raise ValueError(f"{what} = {size} is not divisible by the {shard_count(mesh, names)} shards of mesh axes "
                        f"{names}")
   b, t, e = spec_entry(batch_names), spec_entry(context), spec_entry(channels)
   bte, en, btn, ee, ben = P(b, t, e), P(e, None), P(b, t, None), P(e), P(b, e, None)

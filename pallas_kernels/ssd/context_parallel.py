@@ -28,7 +28,8 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from pallas_kernels import common
-from pallas_kernels.context_parallel import axis_names, context_size, incoming_states, last_shard_value, spec_entry
+from pallas_kernels.common import axis_names, shard_count, spec_entry
+from pallas_kernels.context_parallel import incoming_states, last_shard_value
 from pallas_kernels.ssd import reference
 from pallas_kernels.ssd.api import _check_dt_limit, _check_shapes, ssd
 
@@ -94,24 +95,18 @@ def ssd_context_parallel(x, dt, A, B, C, *, chunk_size, mesh, context_axes, batc
   shards = {"x.shape[1] (seqlen)": (x.shape[1], context), "x.shape[0] (batch)": (x.shape[0], batch_names),
             "x.shape[2] (nheads)": (nheads, heads)}
   for what, (size, names) in shards.items():
-    if size % context_size(mesh, names):
-      raise ValueError(f"{what} = {size} is not divisible by the {context_size(mesh, names)} shards of mesh axes "
+    if size % shard_count(mesh, names):
+      raise ValueError(f"{what} = {size} is not divisible by the {shard_count(mesh, names)} shards of mesh axes "
                        f"{names}")
-  head_shards = context_size(mesh, heads)
-  slice_groups = ngroups % head_shards != 0
-  if slice_groups and head_shards % ngroups:
-    raise ValueError(f"B and C: ngroups = {ngroups} and the {head_shards} head shards of mesh axes {heads} must "
-                     f"divide one another, so that each shard's heads read whole groups")
+  head_shards = shard_count(mesh, heads)
+  slice_groups = common.slices_groups(nheads, ngroups, head_shards, heads)
   b, t, h = spec_entry(batch_names), spec_entry(context), spec_entry(heads)
   bthp, bth, hh, bhpn = P(b, t, h, None), P(b, t, h), P(h), P(b, h, None, None)
   btgn = P(b, t, None, None) if slice_groups else P(b, t, h, None)
-  local_heads = nheads // head_shards
 
   def local(x, dt, A, B, C, D, z, dt_bias, initial_state):
-    if slice_groups:  # this shard's heads all read group (first head) // (heads per group)
-      group = lax.axis_index(heads) * local_heads // (nheads // ngroups)
-      B = lax.dynamic_slice_in_dim(B, group, 1, axis=2)
-      C = lax.dynamic_slice_in_dim(C, group, 1, axis=2)
+    if slice_groups:
+      B, C = common.local_group(B, C, head_axes=heads, nheads=nheads, ngroups=ngroups, head_shards=head_shards)
     return ssd_context_local(x, dt, A, B, C, chunk_size=chunk_size, axis_name=context, D=D, z=z, dt_bias=dt_bias,
                              dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=initial_state,
                              implementation=implementation, block_sizes=block_sizes)
