@@ -33,42 +33,27 @@ def _model(case):
   return ssmjax.load_pretrained(os.path.join(FIXTURES, case))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _full(config, params, ids):
-  return ssmjax.LanguageModel(config).apply({"params": params}, ids)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _extend(config, params, ids, cache):
-  return ssmjax.LanguageModel(config).apply({"params": params}, ids, cache)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _step(config, params, token_ids, cache):
-  return ssmjax.LanguageModel(config).apply({"params": params}, token_ids, cache, method="step")
-
-
-def _decode(config, params, ids, prefill_lengths, offsets=None):
+def _decode(fns, config, params, ids, prefill_lengths, offsets=None):
   """Logits (B, T, V) of prefilling ``prefill_lengths`` tokens one chunk after another, then stepping the rest."""
   cache = init_cache(config, ids.shape[0], ids.shape[1], offsets)
   pieces, start = [], 0
   for k in prefill_lengths:
-    logits, cache = _extend(config, params, ids[:, start:start + k], cache)
+    logits, cache = fns.extend(config, params, ids[:, start:start + k], cache)
     pieces.append(np.asarray(logits))
     start += k
   for t in range(start, ids.shape[1]):
-    logits, cache = _step(config, params, ids[:, t], cache)
+    logits, cache = fns.step(config, params, ids[:, t], cache)
     pieces.append(np.asarray(logits)[:, None])
   return np.concatenate(pieces, axis=1), cache
 
 
 @pytest.mark.parametrize("case", ["mamba2attn_conv", "mamba2attn_conv_gqa"])
-def test_prefill_then_step_matches_full_forward(case):
+def test_prefill_then_step_matches_full_forward(case, model_fns):
   # A prefill of 2 tokens (fewer than the conv widths 4 and 3), continued by a prefill of 5, then single steps.
   config, params = _model(case)
   ids = jax.random.randint(jax.random.PRNGKey(3), (2, LENGTH), 0, config.vocab_size)
-  full = np.asarray(_full(config, params, ids))
-  decoded, cache = _decode(config, params, ids, [2, 5])
+  full = np.asarray(model_fns.full(config, params, ids))
+  decoded, cache = _decode(model_fns, config, params, ids, [2, 5])
   np.testing.assert_allclose(decoded, full, atol=1e-4, rtol=0)
   a = config.attention
   for kind, layer in zip(config.pattern, cache.layers):
@@ -77,16 +62,16 @@ def test_prefill_then_step_matches_full_forward(case):
       assert layer.conv.shape == (2, a.qkv_dim(config.d_model), a.d_conv)
 
 
-def test_left_padded_sequence_decodes_as_if_unpadded():
+def test_left_padded_sequence_decodes_as_if_unpadded(model_fns):
   # Given a batch whose second sequence is its first one's last 9 tokens behind 4 padding slots
   config, params = _model("mamba2attn_conv")
   ids = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (1, LENGTH), 0, config.vocab_size))
   padded = np.concatenate([ids, np.concatenate([np.zeros((1, 4), ids.dtype), ids[:, 4:]], axis=1)])
   # When both decode (prefill 7, then steps) with the padding marked by offsets
-  decoded, _ = _decode(config, params, jnp.asarray(padded), [7], offsets=[0, 4])
+  decoded, _ = _decode(model_fns, config, params, jnp.asarray(padded), [7], offsets=[0, 4])
   # Then each sequence's logits are those of its own unpadded full forward
-  np.testing.assert_allclose(decoded[0], np.asarray(_full(config, params, ids))[0], atol=1e-4, rtol=0)
-  np.testing.assert_allclose(decoded[1, 4:], np.asarray(_full(config, params, ids[:, 4:]))[0], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(decoded[0], np.asarray(model_fns.full(config, params, ids))[0], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(decoded[1, 4:], np.asarray(model_fns.full(config, params, ids[:, 4:]))[0], atol=1e-4, rtol=0)
 
 
 def test_the_conv_state_holds_the_raw_inputs():
@@ -107,12 +92,12 @@ def test_the_conv_state_holds_the_raw_inputs():
   np.testing.assert_array_equal(state[..., 0], 0)
 
 
-def test_a_plain_kv_cache_is_refused_for_a_conv_attention():
+def test_a_plain_kv_cache_is_refused_for_a_conv_attention(model_fns):
   config, params = _model("mamba2attn_conv")
   cache = init_cache(config, 1, 4)
   layers = tuple(KVCache(k=c.k, v=c.v) if isinstance(c, ConvKVCache) else c for c in cache.layers)
   with pytest.raises(TypeError, match="ConvKVCache"):
-    _extend(config, params, jnp.asarray([[1, 2]]), cache.replace(layers=layers))
+    model_fns.extend(config, params, jnp.asarray([[1, 2]]), cache.replace(layers=layers))
 
 
 def test_the_conv_cache_shards_by_logical_names():

@@ -2,12 +2,10 @@
 
 `tiny_model` fills the parameter shapes of a preset (``jax.eval_shape`` of ``init``, no compilation) with random
 values of sensible scale: decode-vs-forward equivalence holds for any parameters, and skipping the compiled ``init``
-saves about half of these tests' CPU time. `model_fns` are module-level ``jax.jit`` functions (config static), so
-every test that calls them with the same config and shapes shares one compilation.
+saves about half of these tests' CPU time. `model_fns` (jitted model calls) is in tests/conftest.py.
 """
 
 import functools
-import types
 import zlib
 
 import flax.linen as nn
@@ -49,25 +47,3 @@ def _tiny(name: str, overrides: tuple = ()):
 def tiny_model():
   """``tiny_model(preset_name, **config_overrides) -> (config, params)``, cached for the session."""
   return lambda name, **overrides: _tiny(name, tuple(sorted(overrides.items())))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _full(config, params, ids):
-  return ssmjax.LanguageModel(config).apply({"params": params}, ids)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _extend(config, params, ids, cache):
-  return ssmjax.LanguageModel(config).apply({"params": params}, ids, cache)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _step(config, params, token_ids, cache):
-  return ssmjax.LanguageModel(config).apply({"params": params}, token_ids, cache, method="step")
-
-
-@pytest.fixture(scope="session")
-def model_fns():
-  """``full(config, params, ids) -> logits``; ``extend(config, params, ids, cache) -> (logits, cache)`` (prefill);
-  ``step(config, params, token_ids, cache) -> (logits, cache)``."""
-  return types.SimpleNamespace(full=_full, extend=_extend, step=_step)
