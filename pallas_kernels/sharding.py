@@ -77,11 +77,6 @@ def _resolve_axes(a, name: str, mesh, batch_axes, inner_axes, inner_dim: int, in
   return mesh, common.axis_names(batch_axes), common.axis_names(inner_axes)
 
 
-def _check_vma(kwargs) -> bool:
-  implementation = kwargs.get("implementation")
-  return not (isinstance(implementation, str) and implementation.endswith("_interpret"))
-
-
 def ssd_sharded(x, dt, A, B, C, *, chunk_size, mesh=None, batch_axes=_FROM_INPUT, head_axes=_FROM_INPUT, D=None,
                 z=None, dt_bias=None, initial_state=None, return_final_state=False, **kwargs):
   """`pallas_kernels.ssd` inside `shard_map`, batch and heads sharded as `x` is (see the module docstring).
@@ -115,8 +110,9 @@ def ssd_sharded(x, dt, A, B, C, *, chunk_size, mesh=None, batch_axes=_FROM_INPUT
   optional = lambda a, spec: None if a is None else spec  # noqa: E731
   in_specs = (bthp, bth, hh, btgn, btgn, optional(D, hh), optional(z, bthp), optional(dt_bias, hh),
               optional(initial_state, bhpn))
+  check_vma = common.check_vma(kwargs.get("implementation"))
   y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bthp, bhpn),
-                                 check_vma=_check_vma(kwargs))(x, dt, A, B, C, D, z, dt_bias, initial_state)
+                                 check_vma=check_vma)(x, dt, A, B, C, D, z, dt_bias, initial_state)
   return (y, final_state) if return_final_state else y
 
 
@@ -143,6 +139,7 @@ def selective_scan_sharded(u, delta, A, B, C, *, mesh=None, batch_axes=_FROM_INP
   optional = lambda a, spec: None if a is None else spec  # noqa: E731
   in_specs = (bte, bte, en, btn, btn, optional(D, ee), optional(z, bte), optional(delta_bias, ee),
               optional(initial_state, ben))
+  check_vma = common.check_vma(kwargs.get("implementation"))
   y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bte, ben),
-                                 check_vma=_check_vma(kwargs))(u, delta, A, B, C, D, z, delta_bias, initial_state)
+                                 check_vma=check_vma)(u, delta, A, B, C, D, z, delta_bias, initial_state)
   return (y, final_state) if return_final_state else y

@@ -108,7 +108,7 @@ def selective_scan_context_parallel(u, delta, A, B, C, *, mesh, context_axes, ba
   optional = lambda a, spec: None if a is None else spec  # noqa: E731
   in_specs = (bte, bte, en, btn, btn, optional(D, ee), optional(z, bte), optional(delta_bias, ee),
               optional(initial_state, ben))
-  check_vma = not (isinstance(implementation, str) and implementation.endswith("_interpret"))
-  y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bte, ben), check_vma=check_vma)(
+  y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bte, ben),
+                                 check_vma=common.check_vma(implementation))(
       u, delta, A, B, C, D, z, delta_bias, initial_state)
   return (y, final_state) if return_final_state else y

@@ -114,7 +114,7 @@ def ssd_context_parallel(x, dt, A, B, C, *, chunk_size, mesh, context_axes, batc
   optional = lambda a, spec: None if a is None else spec  # noqa: E731
   in_specs = (bthp, bth, hh, btgn, btgn, optional(D, hh), optional(z, bthp), optional(dt_bias, hh),
               optional(initial_state, bhpn))
-  check_vma = not (isinstance(implementation, str) and implementation.endswith("_interpret"))
-  y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bthp, bhpn), check_vma=check_vma)(
+  y, final_state = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(bthp, bhpn),
+                                 check_vma=common.check_vma(implementation))(
       x, dt, A, B, C, D, z, dt_bias, initial_state)
   return (y, final_state) if return_final_state else y
